@@ -1,0 +1,148 @@
+"""Batched greedy generation and answer scoring for any LoadedModel.
+
+`generate` decodes many prompts at once: prompts are sorted by length into
+batches (less padding), left-padded, given an attention mask and position ids
+that count only real tokens, and decoded with the KV cache; each row stops at
+EOS or its length limit. Rows never see each other's padding, so the text
+produced does not depend on the batch size.
+
+`answer_logprobs` gives each row's mean answer-token loss (natural log), the
+number the perplexity suite reports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from factory.ml.text import encode_example, encode_prompt, stop_ids
+
+
+def _batches(order: list[int], size: int) -> list[list[int]]:
+    size = max(1, int(size))
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int, device: Any):
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def generate(lm: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 64) -> list[str]:
+    """Greedy continuations of `prompts` (template applied), without the prompt and without EOS.
+
+    Prompts longer than the model's context keep their last tokens. A row stops at
+    EOS (or a family stop token), after `max_new_tokens`, or when the model's
+    context (`lm.max_length`) is full.
+    """
+    ids = generate_ids(lm, prompts, max_new_tokens, batch_size)
+    return [lm.tokenizer.decode(r, skip_special_tokens=True) for r in ids]
+
+
+def generate_ids(lm: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 64) -> list[list[int]]:
+    """The token ids `generate` decodes: per prompt, the new tokens before the stop token."""
+    import torch
+
+    if not prompts:
+        return []
+    encoded = [encode_prompt(lm, p) for p in prompts]
+    ctx = int(lm.max_length)
+    keep = max(1, ctx - 1)
+    encoded = [e[-keep:] if len(e) > keep else e for e in encoded]
+    order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
+    stops = stop_ids(lm)
+    results: list[list[int]] = [[] for _ in prompts]
+    model = lm.model
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in _batches(order, batch_size):
+                seqs = [encoded[i] for i in batch]
+                for i, out in zip(batch, _generate_batch(model, seqs, lm, max_new_tokens, ctx, stops)):
+                    results[i] = out
+    finally:
+        model.train(was_training)
+    return results
+
+
+def _generate_batch(model: Any, seqs: list[list[int]], lm: Any, max_new: int, ctx: int, stops: set[int]):
+    import torch
+
+    ids, mask = _left_pad(seqs, int(lm.pad_token_id), lm.device)
+    n = len(seqs)
+    lengths = torch.tensor([len(s) for s in seqs], device=ids.device)
+    # Each row's own limit: its new-token budget or what is left of the context.
+    limit = torch.clamp(torch.minimum(torch.full_like(lengths, max_new), ctx - lengths), min=0)
+    position = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, logits_to_keep=1)
+    past = out.past_key_values
+    stop_t = torch.tensor(sorted(stops), device=ids.device)
+    done = limit <= 0
+    produced: list[list[int]] = [[] for _ in range(n)]
+    step = 0
+    next_pos = lengths.clone()
+    while True:
+        nxt = out.logits[:, -1, :].argmax(-1)
+        is_stop = torch.isin(nxt, stop_t)
+        for r in torch.nonzero(~done & ~is_stop).flatten().tolist():
+            produced[r].append(int(nxt[r]))
+        step += 1
+        done = done | is_stop | (step >= limit)
+        if bool(done.all()):
+            break
+        nxt = torch.where(done, torch.full_like(nxt, int(lm.pad_token_id)), nxt)
+        mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=mask.device)], dim=1)
+        out = model(
+            input_ids=nxt[:, None],
+            attention_mask=mask,
+            position_ids=next_pos[:, None],
+            past_key_values=past,
+            use_cache=True,
+        )
+        past = out.past_key_values
+        next_pos = next_pos + 1
+    return produced
+
+
+def answer_logprobs(lm: Any, rows: list[dict[str, Any]], batch_size: int = 64) -> list[float]:
+    """Per row, the mean negative log-likelihood of its answer tokens and EOS (lower is better)."""
+    import torch
+
+    if not rows:
+        return []
+    ctx = int(lm.max_length)
+    examples = [encode_example(lm, r["prompt"], r["answer"], ctx) for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: (len(examples[i].ids), i))
+    losses: list[float] = [float("nan")] * len(rows)
+    model = lm.model
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in _batches(order, batch_size):
+                exs = [examples[i] for i in batch]
+                ids, mask = _left_pad([e.ids for e in exs], int(lm.pad_token_id), lm.device)
+                width = ids.shape[1]
+                lossmask = torch.zeros_like(ids, dtype=torch.bool)
+                for j, e in enumerate(exs):
+                    lossmask[j, width - len(e.ids) :] = torch.tensor(e.loss_mask, dtype=torch.bool)
+                position = (mask.cumsum(-1) - 1).clamp(min=0)
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=position).logits.float()
+                logp = torch.log_softmax(logits[:, :-1], dim=-1)
+                tgt = ids[:, 1:]
+                nll = -logp.gather(-1, tgt[..., None])[..., 0]
+                m = lossmask[:, 1:].float()
+                per_row = (nll * m).sum(-1) / m.sum(-1).clamp(min=1)
+                for j, i in enumerate(batch):
+                    losses[i] = float(per_row[j]) if exs[j].n_loss else float("nan")
+    finally:
+        model.train(was_training)
+    return losses

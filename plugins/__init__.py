@@ -1,0 +1,1 @@
+"""First-party factory plugins; they register through the same hooks a third party uses."""
