@@ -1,0 +1,131 @@
+"""The `eval` stage: one model (a base, or a base plus adapter) scored by every suite the recipe names.
+
+The model is loaded once and every suite runs on it. Each suite writes one
+samples file (`samples/<role>/<suite>.jsonl`, one JSON line per row) and its
+scores, with the file's digest, land in `eval-<role>.json`, so every number
+can be traced to the rows behind it. A suite that raises is recorded as
+`failed` with its error, and the gate blocks on it; the stage itself still
+succeeds, so the other suites' evidence is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from factory import hashing
+from factory.errors import FactoryError
+from factory.records import EvalRecord, FileRef, ModelRef, SampleRecord, Score, SuiteResult, write_record
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file ({"id", "prompt", "answer", ...})."""
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise FactoryError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    return rows
+
+
+def adapter_dir_of(path: Path | None) -> Path | None:
+    """The directory holding adapter files: `<train stage>/adapter/`, or the given directory itself."""
+    if path is None:
+        return None
+    path = Path(path)
+    return path / "adapter" if (path / "adapter").is_dir() else path
+
+
+def samples_path(role: str, suite: str) -> str:
+    return f"samples/{role}/{suite}.jsonl"
+
+
+def write_samples(path: Path, samples: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for s in samples:
+            SampleRecord.model_validate(s)  # a suite that writes a malformed sample fails here, loudly
+            f.write(json.dumps(s, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def _scores(d: dict[str, Any]) -> dict[str, Score]:
+    return {k: v if isinstance(v, Score) else Score.model_validate(v) for k, v in d.items()}
+
+
+def run_suite(suite: Any, lm: Any, rows: list[dict[str, Any]], settings: dict[str, Any], role: str, out: Path) -> SuiteResult:
+    """Run one suite and write its samples; a raising suite becomes a `failed` result."""
+    result = SuiteResult(
+        suite=suite.name,
+        version=str(suite.version),
+        rows=len(rows),
+        data_digest=hashing.digest_json(rows),
+        primary_metric=suite.primary_metric,
+    )
+    try:
+        output = suite.evaluate(lm, rows, settings)
+        rel = samples_path(role, suite.name)
+        write_samples(out / rel, output.samples)
+        result.scores = _scores(output.scores)
+        result.per_skill = _scores(output.per_skill or {})
+        result.rows = len(output.samples)
+        result.samples = FileRef(path=rel, digest=hashing.hash_file(out / rel), size=(out / rel).stat().st_size)
+        if suite.primary_metric not in result.scores:
+            raise FactoryError(f"suite {suite.name}: no score for its primary metric {suite.primary_metric!r}")
+    except Exception as e:  # recorded, not raised: the gate blocks on a failed suite
+        result.status = "failed"
+        result.error = f"{type(e).__name__}: {e}".splitlines()[0]
+        result.traceback = traceback.format_exc(limit=8)
+    return result
+
+
+def build_eval(ctx: Any) -> None:
+    """Build function of the `eval` stage kind (see the module docstring)."""
+    cfg = ctx.config
+    role = cfg["role"]
+    if role not in ("baseline", "candidate"):
+        raise FactoryError(f"eval stage {ctx.stage}: role must be baseline or candidate, not {role!r}")
+    settings = dict(cfg.get("settings") or {})
+    suites = [ctx.registry.suites.get(name) for name in cfg["suites"]]  # unknown names fail before loading
+
+    data: dict[str, list[dict[str, Any]]] = {}
+    for need in sorted({s.needs for s in suites}):
+        if need not in ctx.inputs:
+            raise FactoryError(f"eval stage {ctx.stage}: a suite needs {need!r} rows but the stage has no such input")
+        data[need] = read_rows(ctx.inputs[need])
+
+    adapter = adapter_dir_of(ctx.inputs.get("adapter"))
+    if role == "candidate" and adapter is None:
+        raise FactoryError(f"eval stage {ctx.stage}: the candidate needs an adapter input")
+    family = ctx.registry.families.get(cfg["family"])
+    t0 = time.perf_counter()
+    lm = family.load(Path(ctx.inputs["base"]), adapter, dict(cfg.get("load") or {}))
+    load_s = time.perf_counter() - t0
+
+    results = []
+    timings: dict[str, float] = {}
+    for suite in suites:
+        t = time.perf_counter()
+        results.append(run_suite(suite, lm, data[suite.needs], settings, role, Path(ctx.out)))
+        timings[suite.name] = round(time.perf_counter() - t, 3)
+        r = results[-1]
+        ctx.log(f"{ctx.stage}: {suite.name} {r.status} in {timings[suite.name]:.1f}s")
+
+    record = EvalRecord(
+        role=role,
+        model=ModelRef(
+            base_digest=ctx.input_digests.get("base") or hashing.digest_tree(Path(ctx.inputs["base"])),
+            adapter_digest=hashing.digest_tree(adapter) if adapter is not None else None,
+        ),
+        heldout_digest=ctx.input_digests.get("heldout"),
+        suites=results,
+        seconds=round(time.perf_counter() - t0, 3),
+        settings=settings,
+        timings={"load": round(load_s, 3), **timings},
+    )
+    write_record(Path(ctx.out) / f"eval-{role}.json", record)

@@ -1,0 +1,22 @@
+"""First-party eval suites: json-action, breadth, perplexity and risk-probes.
+
+They register through `register_eval_suites`, exactly as a third-party suite
+would. Nothing here imports torch at module import.
+"""
+
+from factory.hookspecs import hookimpl
+
+from .breadth import BreadthSuite
+from .json_action import JsonActionSuite
+from .perplexity import PerplexitySuite
+from .risk_probes import RiskProbesSuite
+
+__version__ = "1.0"
+
+SUITES = (JsonActionSuite, BreadthSuite, PerplexitySuite, RiskProbesSuite)
+
+
+@hookimpl
+def register_eval_suites(register):
+    for cls in SUITES:
+        register(cls())
