@@ -37,6 +37,9 @@ KINDS = {
 
 
 def _qualname(obj: Any) -> str:
+    build = getattr(obj, "build", None)
+    if callable(build) and not isinstance(obj, type):  # a StageKind: the code is its build function
+        return f"{build.__module__}:{getattr(build, '__qualname__', build)}"
     cls = obj if isinstance(obj, type) else type(obj)
     return f"{cls.__module__}:{cls.__qualname__}"
 
@@ -130,6 +133,10 @@ def load(only: list[str] | None = None, extra_modules: tuple[str, ...] = ()) -> 
     for ep in eps:
         candidates.append((ep.name, "entry point", ep.load))
 
+    known = {c[0] for c in candidates} | {c[0].rsplit(".", 1)[-1] for c in candidates}
+    for name in only or ():
+        if name not in known:  # a module named only in the allowlist: load it too (one-off plugins)
+            candidates.append((name, "env", lambda m=name: importlib.import_module(m)))
     for name, source, loader in candidates:
         if only is not None and name not in only and name.rsplit(".", 1)[-1] not in only:
             continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib
-import inspect
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +26,7 @@ class StageKind:
     build: Callable[["BuildContext"], None]
     code_version: str | None = None  # an explicit pin; otherwise the AST digest of build's module
     description: str = ""
+    modules: tuple[str, ...] = ()  # further modules whose code decides the output (AST digests join the key)
 
 
 @dataclass
@@ -84,6 +85,8 @@ def code_identity(kind: StageKind, plugin: str = "", plugin_version: str = "") -
     module = getattr(kind.build, "__module__", None)
     ident["module"] = module
     ident["ast"] = module_ast_digest(module) if module else None
+    if kind.modules:
+        ident["modules"] = {m: module_ast_digest(m) for m in kind.modules}
     return ident
 
 
@@ -91,23 +94,25 @@ def module_ast_digest(module_name: str) -> str:
     """Digest of a module's AST: comments and formatting do not change it."""
     if module_name in _code_cache:
         return _code_cache[module_name]
-    mod = importlib.import_module(module_name)
-    try:
-        path = Path(inspect.getfile(mod))
-        source = path.read_text()
-    except (TypeError, OSError):
+    spec = importlib.util.find_spec(module_name)
+    origin = spec.origin if spec is not None else None
+    if origin is None or not origin.endswith(".py"):
         digest = hashing.digest_json({"module": module_name})
     else:
-        tree = ast.parse(source)
-        for node in ast.walk(tree):  # docstrings are prose, not behaviour
-            body = getattr(node, "body", None)
-            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(
-                getattr(body[0], "value", None), ast.Constant
-            ) and isinstance(body[0].value.value, str):
-                body[0] = ast.Pass()
-        digest = hashing.digest_bytes(ast.dump(tree, annotate_fields=False).encode())
+        digest = hashing.stat_cache().derived("ast", origin, _ast_digest)
     _code_cache[module_name] = digest
     return digest
+
+
+def _ast_digest(path: str) -> str:
+    tree = ast.parse(Path(path).read_text())
+    for node in ast.walk(tree):  # docstrings are prose, not behaviour
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(
+            getattr(body[0], "value", None), ast.Constant
+        ) and isinstance(body[0].value.value, str):
+            body[0] = ast.Pass()
+    return hashing.digest_bytes(ast.dump(tree, annotate_fields=False).encode())
 
 
 def stage_key(stage: Stage, input_digests: dict[str, str]) -> str:

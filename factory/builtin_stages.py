@@ -1,0 +1,57 @@
+"""The engine's own stage kinds, registered through the same hook a plugin uses.
+
+`base` and `train` hand over to the recipe's model family; `eval`, `decide`,
+`report` and `package` are the engine's evaluation, gate, report and
+packaging. The `dataset` kind comes from a first-party plugin.
+"""
+
+from factory.hookspecs import hookimpl
+from factory.stages import BuildContext, StageKind
+
+__version__ = "1"
+
+
+def build_base(ctx: BuildContext) -> None:
+    ctx.extra["family"].build_base(ctx)
+
+
+def build_train(ctx: BuildContext) -> None:
+    ctx.extra["family"].trainer(ctx.config["method"])(ctx)
+
+
+def build_eval(ctx: BuildContext) -> None:
+    from factory.evaluate import build_eval as run
+
+    run(ctx)
+
+
+def build_decide(ctx: BuildContext) -> None:
+    from factory.gate import build_decision
+
+    build_decision(ctx)
+
+
+def build_report(ctx: BuildContext) -> None:
+    from factory.report import build_report as run
+
+    run(ctx)
+
+
+def build_package(ctx: BuildContext) -> None:
+    from factory.specialists import build_package as run
+
+    run(ctx)
+
+
+@hookimpl
+def register_stage_kinds(register):
+    register(StageKind("base", build_base, description="build or load the base model (the family decides)"))
+    register(StageKind("train", build_train, description="train the candidate with the recipe's method"))
+    register(StageKind("eval", build_eval, modules=("factory.evaluate",),
+                       description="run every eval suite on one model"))
+    register(StageKind("decide", build_decide, modules=("factory.gate", "factory.stats"),
+                       description="judge the candidate against the baseline and the criteria"))
+    register(StageKind("report", build_report, modules=("factory.report",),
+                       description="write report.md and report.html"))
+    register(StageKind("package", build_package, modules=("factory.specialists",),
+                       description="write artifact.json and the packaged specialist"))

@@ -1,0 +1,162 @@
+"""Running stages through the store: is it up to date, restore it, or build it.
+
+Up-to-date decisions come from the store alone (a manifest under the stage's
+key, with every object intact), never from doit's own state file, so a lost
+or stale doit database costs at most a cheap re-check, never a rebuild.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from factory import plugins
+from factory.errors import FactoryError
+from factory.plan import NotBuilt, Plan
+from factory.recipe import Recipe, load_recipe
+from factory.stages import BuildContext
+from factory.store import Store
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The project root: FACTORY_ROOT, else the nearest directory above holding recipes/ or dodo.py."""
+    env = os.environ.get("FACTORY_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "recipes").is_dir() or (d / "dodo.py").exists():
+            return d
+    return here
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class Session:
+    """Everything one process needs to plan and build: root, store, registries, plans."""
+
+    root: Path
+    store: Store = field(init=False)
+    plans: dict[str, Plan] = field(default_factory=dict)
+    recipes: dict[str, Recipe] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root).resolve()
+        self.store = Store(self.root / "cache")
+
+    @property
+    def regs(self):
+        return plugins.registries()
+
+    def recipe(self, name: str) -> Recipe:
+        if name not in self.recipes:
+            self.recipes[name] = load_recipe(self.root / "recipes" / f"{name}.yaml", self.root)
+        return self.recipes[name]
+
+    def plan(self, name: str) -> Plan:
+        if name not in self.plans:
+            self.plans[name] = Plan(self.recipe(name), self.root, self.regs, self.store)
+        return self.plans[name]
+
+    # --- events ---------------------------------------------------------------
+
+    def events_path(self) -> Path:
+        inv = os.environ.setdefault("FACTORY_INVOCATION", f"{os.getpid()}-{int(time.time() * 1000)}")
+        return self.store.root / "events" / f"{inv}.jsonl"
+
+    def record(self, **event: Any) -> None:
+        p = self.events_path()
+        p.parent.mkdir(parents=True, exist_ok=True)
+        event.setdefault("host", socket.gethostname())
+        event.setdefault("pid", os.getpid())
+        with open(p, "a") as f:  # one short line per write: appends from parallel stages do not interleave
+            f.write(json.dumps(event, sort_keys=True) + "\n")
+
+    def invocation_events(self) -> list[dict[str, Any]]:
+        p = self.events_path()
+        if not p.exists():
+            return []
+        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+    # --- stages ---------------------------------------------------------------
+
+    def stage_uptodate(self, recipe: str, stage: str) -> bool:
+        plan = self.plan(recipe)
+        try:
+            key = plan.key(stage)
+        except NotBuilt:
+            return False
+        ok = self.store.check(key) is not None
+        self._report_corruption()
+        return ok
+
+    def _report_corruption(self) -> None:
+        for c in self.store.corruptions:
+            print(
+                f"factory: cache object {c.path} of stage {c.key[:12]} is corrupted "
+                f"(expected {c.expected[:12]}, found {c.found[:12]}); discarded, rebuilding",
+                file=sys.stderr,
+            )
+        self.store.corruptions.clear()
+
+    def run_stage(self, recipe: str, stage: str) -> str:
+        """Make sure the stage's output is in the store; build it if it is not. Returns hit or built."""
+        plan = self.plan(recipe)
+        st = plan.stages[stage]
+        key = plan.key(stage)
+        start, t0 = utc_now(), time.perf_counter()
+        with self.store.lock(key):
+            man = self.store.check(key)
+            self._report_corruption()
+            if man is not None:
+                self.record(stage=stage, kind=st.kind, key=key, status="hit", start=start, end=utc_now(),
+                            seconds=round(time.perf_counter() - t0, 4), recipe=recipe)
+                return "hit"
+            out = self.store.new_build_dir()
+            ctx = BuildContext(
+                recipe=plan.recipe, stage=stage, kind=st.kind, key=key, config=plan.config(stage),
+                inputs=plan.input_paths(stage), out=out, root=self.root, registry=self.regs,
+                work=self.store.work_dir(key), input_digests=plan.input_digests(stage),
+                log=lambda msg: print(f"[{stage}] {msg}", flush=True),
+                extra={"family": plan.family, "session": self},
+            )
+            try:
+                self.regs.stages.get(st.kind).build(ctx)
+            except BaseException as e:  # noqa: BLE001 - recorded, then re-raised
+                shutil.rmtree(out, ignore_errors=True)
+                err = str(e) if isinstance(e, FactoryError) else f"{type(e).__name__}: {e}"
+                self.record(stage=stage, kind=st.kind, key=key, status="failed", start=start, end=utc_now(),
+                            seconds=round(time.perf_counter() - t0, 4), recipe=recipe, error=err)
+                if not isinstance(e, (FactoryError, KeyboardInterrupt, SystemExit)):
+                    traceback.print_exc()
+                raise
+            seconds = round(time.perf_counter() - t0, 4)
+            self.store.publish(key, out, {"stage": stage, "kind": st.kind, "recipe": recipe,
+                                          "created": utc_now(), "seconds": seconds,
+                                          "material": plan.material(stage)})
+            shutil.rmtree(self.store.work / key, ignore_errors=True)
+            self.record(stage=stage, kind=st.kind, key=key, status="built", start=start, end=utc_now(),
+                        seconds=seconds, recipe=recipe)
+            return "built"
+
+    def build(self, recipe: str) -> Path:
+        """Build every stage of a recipe in order, then its run directory (no doit involved)."""
+        from factory import runs
+
+        plan = self.plan(recipe)
+        for stage in plan.order():
+            if not self.stage_uptodate(recipe, stage):
+                self.run_stage(recipe, stage)
+        return runs.finish_run(self, recipe)

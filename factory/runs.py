@@ -1,0 +1,231 @@
+"""Run directories: the files people read and archive, linked from the store.
+
+A run is identified by the keys of all its stages; `runs/<date>-<recipe>-<key8>/`
+is created once, in a temporary directory first and renamed into place, so a
+reader never sees half a run. Re-running an unchanged recipe finds the run
+already there and touches nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from factory import hashing
+from factory.errors import FactoryError
+from factory.records import (
+    SCHEMA_VERSION,
+    BaseModelInfo,
+    Event,
+    RunConfig,
+    RunManifest,
+    dump_record,
+)
+from factory.store import link_outputs
+
+RUN_STAGE_FILES = {"dataset", "train", "eval-baseline", "eval-candidate", "decide", "report", "package"}
+
+
+@dataclass
+class RunInfo:
+    """What the run_finished hook receives."""
+
+    id: str
+    path: Path
+    recipe: str
+    decision: str | None
+    stage_keys: dict[str, str]
+
+
+def stage_keys(session, recipe: str) -> dict[str, str]:
+    plan = session.plan(recipe)
+    return {name: plan.key(name) for name in plan.order()}
+
+
+def run_key(keys: dict[str, str]) -> str:
+    return hashing.digest_json(keys)
+
+
+def find_run(root: Path, recipe: str, key: str) -> Path | None:
+    runs = root / "runs"
+    if not runs.is_dir():
+        return None
+    for d in sorted(runs.glob(f"*-{recipe}-{key[:8]}")):
+        if (d / "run_manifest.json").exists() and (d / "decision.json").exists():
+            return d
+    return None
+
+
+def run_uptodate(session, recipe: str) -> bool:
+    from factory.plan import NotBuilt
+
+    try:
+        keys = stage_keys(session, recipe)
+    except NotBuilt:
+        return False
+    if any(session.store.manifest(k) is None for k in keys.values()):
+        return False
+    return find_run(session.root, recipe, run_key(keys)) is not None
+
+
+def _git(root: Path) -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit or None, "dirty": dirty if commit else None}
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for pkg in ("factory", "torch", "transformers", "peft", "tokenizers", "safetensors", "doit", "duckdb",
+                "pydantic", "pluggy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    torch = sys.modules.get("torch")  # only if a stage already paid for importing it
+    out["cuda"] = getattr(getattr(torch, "version", None), "cuda", None) if torch else None
+    return out
+
+
+def _config_record(session, recipe: str, keys: dict[str, str]) -> RunConfig:
+    plan = session.plan(recipe)
+    r = plan.recipe
+    base_digest = session.store.manifest(keys["base"])["output_digest"]
+    return RunConfig(
+        schema_version=SCHEMA_VERSION,
+        recipe=recipe,
+        goal=r.goal,
+        owner=r.owner,
+        base=BaseModelInfo(family=r.base.family, model=r.base.model, digest=base_digest),
+        method=r.train.method,
+        data=plan.config("dataset"),
+        train=plan.config("train"),
+        evals={"primary": r.evals.primary, "regression": r.evals.regression, "extra": r.evals.extra,
+               **plan.config("eval-candidate")["settings"]},
+        criteria=r.criteria.model_dump(mode="json"),
+        stage_keys=keys,
+    )
+
+
+def _events_for(session, recipe: str, keys: dict[str, str]) -> list[dict[str, Any]]:
+    """This invocation's events for the recipe's stages; stages it did not touch count as hits."""
+    mine = [e for e in session.invocation_events() if e.get("recipe") == recipe or e.get("key") in keys.values()]
+    seen = {e["key"] for e in mine}
+    now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    plan = session.plan(recipe)
+    for name, key in keys.items():
+        if key not in seen:
+            mine.append({"stage": name, "kind": plan.stages[name].kind, "key": key, "status": "hit",
+                         "start": now, "end": now, "seconds": 0.0, "host": platform.node(), "pid": os.getpid()})
+    lines = []
+    for e in mine:
+        e = {k: v for k, v in e.items() if k != "recipe"}
+        lines.append(Event.model_validate(e).model_dump(mode="json", exclude_none=True))
+    return lines
+
+
+def finish_run(session, recipe: str) -> Path:
+    """Write (or find) the run directory for the recipe's current stage keys."""
+    keys = stage_keys(session, recipe)
+    rkey = run_key(keys)
+    events = _events_for(session, recipe, keys)
+    existing = find_run(session.root, recipe, rkey)
+    if existing is not None:
+        if any(e["status"] != "hit" for e in events):
+            _append_events(existing, events)
+        return existing
+
+    runs_dir = session.root / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    date = datetime.now().strftime("%Y-%m-%d")
+    run_id = f"{date}-{recipe}-{rkey[:8]}"
+    staging = Path(tempfile.mkdtemp(dir=runs_dir, prefix=".tmp-"))
+    try:
+        plan = session.plan(recipe)
+        for name, key in keys.items():
+            if not plan.stages[name].run_files:
+                continue
+            link_outputs(session.store, session.store.manifest(key), staging)
+        (staging / "config.json").write_text(dump_record(_config_record(session, recipe, keys)))
+        _append_events(staging, events)
+        files = {p.relative_to(staging).as_posix(): hashing.hash_file(p) for p in hashing.tree_files(staging)
+                 if p.name != "events.jsonl"}
+        train_cfg = plan.config("train")
+        manifest = RunManifest(
+            run_id=run_id, recipe=recipe,
+            recipe_path=os.path.relpath(plan.recipe.path, session.root) if plan.recipe.path else "",
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            git=_git(session.root), versions=_versions(), device=train_cfg.get("device"),
+            seeds={"train": int(plan.recipe.train.seed)}, stage_keys=keys, files=files,
+        )
+        (staging / "run_manifest.json").write_text(dump_record(manifest))
+        dest = runs_dir / run_id
+        if dest.exists():  # same key built earlier today but left incomplete
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _after_run(session, recipe, dest, keys)
+    return dest
+
+
+def _append_events(run_dir: Path, events: list[dict[str, Any]]) -> None:
+    with open(run_dir / "events.jsonl", "a") as f:
+        for e in events:
+            f.write(json.dumps(e, sort_keys=True) + "\n")
+
+
+def _after_run(session, recipe: str, run_dir: Path, keys: dict[str, str]) -> None:
+    decision = None
+    try:
+        decision = json.loads((run_dir / "decision.json").read_text()).get("decision")
+    except (OSError, ValueError):
+        pass
+    if decision == "ship" and (run_dir / "specialist").is_dir():
+        from factory.specialists import publish_specialist
+
+        publish_specialist(run_dir, session.root)
+    info = RunInfo(id=run_dir.name, path=run_dir, recipe=recipe, decision=decision, stage_keys=keys)
+    session.regs.pm.hook.run_finished(run=info)
+    try:
+        from factory import index
+
+        index.refresh(session.root / "runs")
+    except ImportError:
+        pass
+    except Exception as e:  # the index is derived; a build never fails because of it
+        print(f"factory: index not refreshed ({e}); `factory sql` will catch up", file=sys.stderr)
+
+
+def resolve_run(root: Path, ref: str) -> Path:
+    """A run directory from a path, a run id, or a unique prefix/suffix of one."""
+    p = Path(ref)
+    if p.is_dir():
+        return p
+    runs = root / "runs"
+    cands = [d for d in runs.iterdir() if d.is_dir() and not d.name.startswith(".")] if runs.is_dir() else []
+    exact = [d for d in cands if d.name == ref]
+    if exact:
+        return exact[0]
+    partial = [d for d in cands if ref in d.name]
+    if len(partial) == 1:
+        return partial[0]
+    if not partial:
+        raise FactoryError(f"{ref}: no such run (see `factory runs`)")
+    raise FactoryError(f"{ref}: matches {len(partial)} runs: {', '.join(sorted(d.name for d in partial)[:5])}")

@@ -1,0 +1,151 @@
+"""A plugin of small stages that only write files, so the engine can be tested without torch.
+
+It registers a family `fake`, a dataset source `lines`, suites `fake-primary` and
+`fake-breadth`, and every stage kind of the pipeline. Each build appends a line
+to <root>/builds.log; FAKE_SLEEP=<stage>:<seconds> makes that stage slow.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+from factory.hookspecs import hookimpl
+from factory.stages import StageKind
+
+__version__ = "1"
+
+
+def _log(ctx):
+    with open(ctx.root / "builds.log", "a") as f:
+        f.write(f"{ctx.stage} {ctx.key[:12]}\n")
+    spec = os.environ.get("FAKE_SLEEP", "")
+    if spec:
+        stage, secs = spec.split(":")
+        if stage == ctx.stage:
+            # write part of the output first: a kill now must not publish it
+            (ctx.out / "partial.txt").write_text("half")
+            time.sleep(float(secs))
+
+
+def _w(ctx, name, obj):
+    p = ctx.out / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(obj, sort_keys=True, indent=1) + "\n")
+
+
+class Lines:
+    name = "lines"
+    version = "1"
+
+    def files(self, spec, root):
+        return [root / spec["path"]] if spec.get("path") else []
+
+    def read(self, spec, root):
+        if spec.get("path"):
+            for i, line in enumerate((root / spec["path"]).read_text().splitlines()):
+                yield {"id": str(i), "prompt": line, "answer": line[::-1]}
+        else:
+            for i in range(int(spec["options"].get("rows", 10))):
+                yield {"id": f"b{i}", "prompt": f"p{i}", "answer": f"a{i}", "skill": "copy"}
+
+
+def build_dataset(ctx):
+    _log(ctx)
+    rows = []
+    for spec in ctx.config["sources"]:
+        rows.extend(Lines().read(spec, ctx.root))
+    held = [r for r in rows if int(r["id"].lstrip("b")) % 5 == 0]
+    train = [r for r in rows if r not in held]
+    (ctx.out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    (ctx.out / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held))
+    _w(ctx, "dataset.json", {"counts": {"train_rows": len(train), "heldout_rows": len(held)}})
+
+
+class Fake:
+    name = "fake"
+    version = "1"
+
+    def resolve_base(self, spec, root):
+        return {"size": spec["options"].get("size", 1)}
+
+    def build_base(self, ctx):
+        _log(ctx)
+        _w(ctx, "base.json", ctx.config)
+
+    def default_train_params(self, ctx):
+        return {"steps": 10, "lr": 0.1, "rows": ctx.train_rows}
+
+    def trainer(self, method):
+        return train
+
+    def load(self, base_dir, adapter_dir, settings):
+        raise NotImplementedError
+
+
+def train(ctx):
+    _log(ctx)
+    _w(ctx, "adapter/adapter.json", {"lr": ctx.config["lr"], "steps": ctx.config["steps"]})
+    _w(ctx, "train.json", {"steps": ctx.config["steps"]})
+    (ctx.out / "train.log").write_text(json.dumps({"step": 1, "loss": 1.0, "lr": ctx.config["lr"],
+                                                    "tokens_per_s": 1.0, "elapsed_s": 0.1}) + "\n")
+
+
+class Suite:
+    version = "1"
+    needs = "heldout"
+    primary_metric = "exact_match"
+
+    def __init__(self, name):
+        self.name = name
+
+    def evaluate(self, lm, rows, settings):
+        raise NotImplementedError
+
+
+def build_eval(ctx):
+    _log(ctx)
+    role = ctx.config["role"]
+    score = 0.5 if role == "baseline" else 0.9
+    _w(ctx, f"eval-{role}.json", {"role": role, "score": score})
+
+
+def build_decide(ctx):
+    _log(ctx)
+    cand = json.loads((ctx.inputs["eval-candidate"] / "eval-candidate.json").read_text())["score"]
+    ok = cand >= (ctx.config["criteria"]["primary_min"] or 0)
+    _w(ctx, "decision.json", {"decision": "ship" if ok else "rework", "reason": f"primary {cand}"})
+
+
+def build_report(ctx):
+    _log(ctx)
+    (ctx.out / "report.md").write_text(f"# {ctx.config['recipe']}\n")
+
+
+def build_package(ctx):
+    _log(ctx)
+    _w(ctx, "artifact.json", {"shipped": True})
+
+
+@hookimpl
+def register_model_families(register):
+    register(Fake())
+
+
+@hookimpl
+def register_dataset_sources(register):
+    register(Lines())
+
+
+@hookimpl
+def register_eval_suites(register):
+    register(Suite("fake-primary"))
+    register(Suite("fake-breadth"))
+
+
+@hookimpl
+def register_stage_kinds(register):
+    for name, fn in [("dataset", build_dataset), ("base", Fake().build_base), ("train", train),
+                     ("eval", build_eval), ("decide", build_decide), ("report", build_report),
+                     ("package", build_package)]:
+        register(StageKind(name, fn))
