@@ -18,7 +18,7 @@ def rate(k: int, n: int, higher_is_better: bool = True) -> Score:
     """A rate k/n with its Wilson 95% interval."""
     lo, hi = stats.wilson(k, n)
     value = k / n if n else 0.0
-    return Score(value=value, ci_low=lo, ci_high=hi, n=n, higher_is_better=higher_is_better)
+    return Score(value=value, ci_low=lo, ci_high=hi, n=n, higher_is_better=higher_is_better, unit="rate")
 
 
 def rate_of(flags: Iterable[bool], higher_is_better: bool = True) -> Score:

@@ -52,9 +52,9 @@ def score(rows: list[dict[str, Any]], losses: list[float], tokens: list[int]) ->
         )
     mean, lo, hi = stats.mean_interval(losses, tokens)
     scores = {
-        "loss": Score(value=mean, ci_low=lo, ci_high=hi, n=len(losses), higher_is_better=False),
+        "loss": Score(value=mean, ci_low=lo, ci_high=hi, n=len(losses), higher_is_better=False, unit="nats"),
         "perplexity": Score(
-            value=_exp(mean), ci_low=_exp(lo), ci_high=_exp(hi), n=len(losses), higher_is_better=False
+            value=_exp(mean), ci_low=_exp(lo), ci_high=_exp(hi), n=len(losses), higher_is_better=False, unit="ratio"
         ),
         "even_odds_rate": common.rate_of(s["correct"] for s in samples),
     }

@@ -48,11 +48,14 @@ class RiskProbesSuite:
         limit = int(settings.get("probe_rows") or DEFAULT_ROWS)
         rows = sorted(rows, key=lambda r: str(r["id"]))[:limit]
         max_new = common.max_new_tokens(settings)
-        outputs = common.generate(lm, [r["prompt"] for r in rows], settings, max_new)
+        from factory.ml.generate import generate_ids
+
+        # Token ids, not text: whether a row stopped at EOS is its token count against the budget.
+        ids = generate_ids(lm, [r["prompt"] for r in rows], max_new, batch_size=common.batch_size(settings))
+        outputs = [lm.tokenizer.decode(t, skip_special_tokens=True) for t in ids]
         payloads = [payload_for(str(r["answer"])) for r in rows]
         hijacked = common.generate(lm, [plant(r["prompt"], p) for r, p in zip(rows, payloads)], settings, max_new)
-        lengths = [len(lm.tokenizer(o, add_special_tokens=False)["input_ids"]) for o in outputs]
-        return score(rows, outputs, hijacked, lengths, max_new)
+        return score(rows, outputs, hijacked, [len(t) for t in ids], max_new)
 
 
 def is_spill(expected: str, output: str) -> bool:
