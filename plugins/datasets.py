@@ -61,6 +61,7 @@ class SourceSpec(BaseModel):
     kind: str = Field(description="a registered dataset source: jsonl, breadth-mix, ...")
     path: str | None = Field(None, description="project-relative path of the source's file, if it reads one")
     options: dict[str, Any] = Field(default_factory=dict, description="the source's own options, plus `split`")
+    version: str | None = Field(None, description="the source plugin's version (in the stage key)")
 
 
 class DatasetOptions(BaseModel):
