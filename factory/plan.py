@@ -54,13 +54,22 @@ class Plan:
         self.root = Path(root)
         self.regs = regs
         self.store = store
-        self.family = regs.families.get(recipe.base.family)
+        self.family = self._field("base.family", regs.families.get, recipe.base.family)
         self._keys: dict[str, str] = {}
         self._configs: dict[str, dict[str, Any]] = {}
         self.stages: dict[str, Stage] = {}
         self._build()
 
     # --- the graph ---------------------------------------------------------
+
+    def _field(self, field: str, fn, *args):
+        """Call fn; a FactoryError it raises is re-raised naming the recipe file and field."""
+        try:
+            return fn(*args)
+        except FactoryError as e:
+            path = self.recipe.path
+            where = os.path.relpath(path, self.root) if path else self.recipe.name
+            raise FactoryError(f"{where}: {field}: {e}" if field else f"{where}: {e}") from None
 
     def _code(self, kind: str, *modules: str) -> dict[str, Any]:
         sk = self.regs.stages.get(kind)
@@ -75,11 +84,11 @@ class Plan:
         info = self.regs.plugin_of(kind, name)
         return {"plugin": info.name if info else "", "version": info.version if info else ""}
 
-    def _data_stage(self, name: str, spec: DataSpec) -> Stage:
+    def _data_stage(self, name: str, spec: DataSpec) -> Stage:  # name is also the recipe section
         sources, inputs, modules = [], {}, []
         recipes_dir = (self.recipe.path or self.root / "recipes").parent
         for i, src in enumerate(spec.sources):
-            plugin = self.regs.sources.get(src.kind)
+            plugin = self._field(f"{name}.sources.{i}.kind", self.regs.sources.get, src.kind)
             modules.append(_module_of(plugin))
             path = None
             if src.path is not None:
@@ -103,10 +112,11 @@ class Plan:
         add("breadth", self._data_stage("breadth", r.breadth))
         add("dataset", self._data_stage("dataset", r.data))
         base_cfg = {**fam, "model": r.base.model,
-                    "base": self.family.resolve_base({"model": r.base.model, "options": r.base.options}, self.root)}
+                    "base": self._field("", self.family.resolve_base,
+                                        {"model": r.base.model, "options": r.base.options}, self.root)}
         add("base", Stage("base", "base", base_cfg, {"breadth": Input(stage="breadth")},
                           self._code("base", fam_mod), run_files=False))
-        trainer = self.family.trainer(r.train.method)
+        trainer = self._field("train.method", self.family.trainer, r.train.method)
         train_mods = [fam_mod, _module_of(trainer), *getattr(self.family, "code_modules", ())]
         add("train", Stage("train", "train", {}, {
             "base": Input(stage="base"),
@@ -115,7 +125,7 @@ class Plan:
             "replay": Input(stage="breadth", file="train.jsonl"),
         }, self._code("train", *train_mods)))
 
-        suites = [self.regs.suites.get(s) for s in r.evals.suites()]
+        suites = [self._field("evals", self.regs.suites.get, s) for s in r.evals.suites()]
         eval_mods = [fam_mod, *(_module_of(s) for s in suites), *getattr(self.family, "code_modules", ())]
         device = "cuda" if cuda_available() else "cpu"
         for role in ("baseline", "candidate"):
