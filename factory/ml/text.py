@@ -86,3 +86,26 @@ def stop_ids(lm: Any) -> set[int]:
     """Token ids that end a generation: EOS plus any the family lists in `info["stop_token_ids"]`."""
     extra = lm.info.get("stop_token_ids", ()) if isinstance(lm.info, dict) else ()
     return {int(lm.eos_token_id), *(int(t) for t in extra)}
+
+
+def encode_examples(lm: Any, rows: list[dict[str, Any]], max_len: int) -> list[Example]:
+    """`encode_example` for many rows; one tokenizer call per side when the default rendering is used."""
+    if not rows:
+        return []
+    if isinstance(lm.info, dict) and lm.info.get("render") is not None:
+        return [encode_example(lm, r["prompt"], r["answer"], max_len) for r in rows]
+    tok = lm.tokenizer
+    prompts = tok([lm.format_prompt(r["prompt"]) for r in rows], add_special_tokens=False)["input_ids"]
+    answers = tok([r["answer"] for r in rows], add_special_tokens=False)["input_ids"]
+    bos, eos = _add_bos(lm), int(lm.eos_token_id)
+    out = []
+    for p, a in zip(prompts, answers):
+        p = list(p)
+        if bos is not None and (not p or p[0] != bos):
+            p = [bos] + p
+        a = list(a) + [eos]
+        ids = (p + a)[:max_len]
+        n_prompt = min(len(p), len(ids))
+        out.append(Example(ids=ids, loss_mask=[False] * n_prompt + [True] * (len(ids) - n_prompt),
+                           truncated=len(p) + len(a) > max_len))
+    return out
