@@ -403,7 +403,7 @@ def decide(
         return Decision(decision="ship", reason=f"every criterion passed; {summary}", criteria=entries)
     return Decision(
         decision="rework",
-        reason=f"short of {', '.join(failed)} and not significantly worse than the base; {summary}",
+        reason=f"short of {', '.join(failed)}; not significantly worse than the base; {summary}",
         next_action=_next_action(["primary"] if short_primary else [], breadth_failed, hw_failed, train, train_log),
         criteria=entries,
     )

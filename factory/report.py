@@ -1,0 +1,606 @@
+"""The `report` stage: report.md and a self-contained report.html from a run's records.
+
+Both say the decision first, then every criterion (baseline, candidate,
+threshold, delta with its interval, pass), per-skill breadth, risk-probe rates,
+the training summary, and the worst failing samples with expected vs output.
+The HTML page carries the same content and three plots drawn here as inline
+SVG (training loss, scores with intervals, per-skill breadth deltas); it has
+no network references, so it can be mailed or archived as one file.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from factory import stats
+from factory.errors import FactoryError
+from factory.records import (
+    DatasetRecord,
+    Decision,
+    EvalRecord,
+    Score,
+    SuiteResult,
+    TrainLogLine,
+    TrainSummary,
+    read_jsonl,
+    read_record,
+)
+
+WORST = 10  # failing samples shown
+
+
+# --- gathering the evidence ----------------------------------------------------------
+
+@dataclass
+class Evidence:
+    """Everything a report or a terminal summary shows, read from a run's files."""
+
+    config: dict[str, Any] = field(default_factory=dict)
+    decision: Decision | None = None
+    baseline: EvalRecord | None = None
+    candidate: EvalRecord | None = None
+    samples: dict[str, dict[str, list[dict]]] = field(default_factory=lambda: {"baseline": {}, "candidate": {}})
+    train: TrainSummary | None = None
+    log: list[TrainLogLine] = field(default_factory=list)
+    dataset: DatasetRecord | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def _maybe(path: Path, cls: Any, ev: Evidence) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return read_record(path, cls)
+    except FactoryError as e:
+        ev.problems.append(str(e))
+        return None
+
+
+def gather(dirs: dict[str, Path | None], config: dict[str, Any] | None = None) -> Evidence:
+    """Read the records from stage directories (decide, eval-baseline, eval-candidate, train, dataset).
+
+    A run directory holds them all: pass it under every name.
+    """
+    from factory.gate import load_samples
+
+    ev = Evidence(config=dict(config or {}))
+    d = {k: Path(v) for k, v in dirs.items() if v is not None}
+    if "decide" in d:
+        ev.decision = _maybe(d["decide"] / "decision.json", Decision, ev)
+    for role in ("baseline", "candidate"):
+        root = d.get(f"eval-{role}")
+        if root is None:
+            continue
+        rec = _maybe(root / f"eval-{role}.json", EvalRecord, ev)
+        setattr(ev, role, rec)
+        if rec is not None:
+            ev.samples[role], problems = load_samples(rec, root)
+            ev.problems += problems
+    if "train" in d:
+        ev.train = _maybe(d["train"] / "train.json", TrainSummary, ev)
+        if (d["train"] / "train.log").is_file():
+            try:
+                ev.log = read_jsonl(d["train"] / "train.log", TrainLogLine)
+            except FactoryError as e:
+                ev.problems.append(str(e))
+    if "dataset" in d:
+        ev.dataset = _maybe(d["dataset"] / "dataset.json", DatasetRecord, ev)
+    return ev
+
+
+# --- numbers as text -------------------------------------------------------------------
+
+def _unit(score: Score | None) -> str:
+    return (score.model_extra or {}).get("unit", "rate") if score is not None else "rate"
+
+
+def fmt(value: float | None, unit: str = "rate") -> str:
+    if value is None:
+        return "–"
+    if unit == "rate":
+        return f"{100 * value:.1f}%"
+    return f"{value:.4g}"
+
+
+def fmt_delta(delta: float | None, interval: list[float] | None, unit: str = "rate") -> str:
+    if delta is None:
+        return "–"
+    if unit == "rate":
+        text = f"{100 * delta:+.1f} pp"
+        if interval:
+            text += f" [{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}]"
+        return text
+    text = f"{delta:+.4g}"
+    if interval:
+        text += f" [{interval[0]:+.4g}, {interval[1]:+.4g}]"
+    return text
+
+
+def _metric_unit(ev: Evidence, metric: str) -> str:
+    for rec in (ev.candidate, ev.baseline):
+        if rec is None:
+            continue
+        for s in rec.suites:
+            if metric.startswith(s.suite + "."):
+                return _unit(s.scores.get(metric[len(s.suite) + 1 :]))
+    return "rate" if not metric.startswith("train.") else "value"
+
+
+def _threshold(c: Any) -> str:
+    t = c.threshold
+    if t is None:
+        return "–"
+    if isinstance(t, str):
+        return t
+    if c.name.startswith("breadth_drop_max_pp"):
+        return f"drop ≤ {t:g} pp"
+    if c.name.startswith("delta_min_pp"):
+        return f"≥ {t:+g} pp"
+    if c.name == "max_vram_gb":
+        return f"≤ {t:g} GB"
+    return f"≥ {fmt(t)}" if 0 <= t <= 1 else f"{t:g}"
+
+
+def _suite(rec: EvalRecord | None, name: str) -> SuiteResult | None:
+    return next((s for s in rec.suites if s.suite == name), None) if rec else None
+
+
+def _suite_names(ev: Evidence) -> list[str]:
+    names: list[str] = []
+    for rec in (ev.candidate, ev.baseline):
+        for s in rec.suites if rec else []:
+            if s.suite not in names:
+                names.append(s.suite)
+    return names
+
+
+# --- derived tables ----------------------------------------------------------------------
+
+def criteria_rows(ev: Evidence) -> list[dict[str, str]]:
+    rows = []
+    for c in ev.decision.criteria if ev.decision else []:
+        unit = _metric_unit(ev, c.metric)
+        rows.append({
+            "criterion": c.name,
+            "metric": c.metric,
+            "baseline": fmt(c.baseline, unit) if c.baseline is not None else "–",
+            "candidate": fmt(c.candidate, unit) if c.candidate is not None else "–",
+            "threshold": _threshold(c),
+            "delta": fmt_delta(c.delta, c.interval, unit),
+            "p": f"{c.p_value:.3g}" if c.p_value is not None else "–",
+            "pass": "yes" if c.passed else "**no**",
+        })
+    return rows
+
+
+def skill_deltas(ev: Evidence, suite: str = "breadth") -> list[dict[str, Any]]:
+    """Per skill: baseline, candidate, delta and a paired-bootstrap interval (from the samples)."""
+    b, c = _suite(ev.baseline, suite), _suite(ev.candidate, suite)
+    if b is None or c is None:
+        return []
+    bs = {s["id"]: s for s in ev.samples["baseline"].get(suite, [])}
+    groups: dict[str, tuple[list[float], list[float]]] = {}
+    for s in ev.samples["candidate"].get(suite, []):
+        if s["id"] in bs and s.get("skill") is not None:
+            x, y = groups.setdefault(s["skill"], ([], []))
+            x.append(float(bool(bs[s["id"]]["correct"])))
+            y.append(float(bool(s["correct"])))
+    out = []
+    for skill in sorted(set(b.per_skill) | set(c.per_skill)):
+        bv = b.per_skill.get(skill)
+        cv = c.per_skill.get(skill)
+        row = {"skill": skill, "baseline": bv.value if bv else None, "candidate": cv.value if cv else None,
+               "delta": (cv.value - bv.value) if bv and cv else None, "interval": None}
+        if skill in groups:
+            _, lo, hi = stats.paired_bootstrap(*groups[skill], seed=0, n_boot=1000)
+            row["interval"] = [lo, hi]
+        out.append(row)
+    return out
+
+
+def worst_samples(ev: Evidence, suite: str, k: int = WORST) -> list[dict[str, Any]]:
+    """Failing candidate samples, regressions first (the base got them right), then fewest right fields."""
+    base = {s["id"]: s for s in ev.samples["baseline"].get(suite, [])}
+    failing = [s for s in ev.samples["candidate"].get(suite, []) if not s.get("correct")]
+
+    def key(s: dict) -> tuple:
+        regressed = bool(base.get(s["id"], {}).get("correct"))
+        fields = s.get("fields") or {}
+        return (not regressed, sum(1 for v in fields.values() if v), s["id"])
+
+    out = []
+    for s in sorted(failing, key=key)[:k]:
+        out.append({**s, "regressed": bool(base.get(s["id"], {}).get("correct"))})
+    return out
+
+
+def _primary(ev: Evidence) -> str | None:
+    p = ev.config.get("primary")
+    if p:
+        return p
+    if ev.decision:
+        for c in ev.decision.criteria:
+            if c.name in ("primary_min", "primary"):
+                return c.metric.rsplit(".", 1)[0] if "." in c.metric else c.metric
+    names = _suite_names(ev)
+    return names[0] if names else None
+
+
+# --- markdown ------------------------------------------------------------------------------
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    def cell(x: Any) -> str:
+        return str(x).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(x) for x in r) + " |" for r in rows]
+    return lines
+
+
+def _clip(text: str, n: int = 160) -> str:
+    text = str(text)
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def render_markdown(ev: Evidence) -> str:
+    cfg = ev.config
+    title = cfg.get("recipe") or "run"
+    L: list[str] = []
+    d = ev.decision
+    L.append(f"# {title}: {d.decision.upper() if d else 'NO DECISION'}")
+    L.append("")
+    if d:
+        L.append(f"**Decision: {d.decision}.** {d.reason}")
+        if d.next_action:
+            L.append("")
+            L.append(f"**Next action:** {d.next_action}")
+        if d.blocked_by:
+            L.append("")
+            L.append("**Blocked by:**")
+            L += [f"- {b}" for b in d.blocked_by]
+    L.append("")
+    if cfg.get("goal"):
+        L.append(f"Goal: {cfg['goal']}  ")
+    if cfg.get("owner"):
+        L.append(f"Owner: {cfg['owner']}  ")
+    if ev.candidate:
+        L.append(f"Base digest: `{ev.candidate.model.base_digest}`  ")
+        L.append(f"Adapter digest: `{ev.candidate.model.adapter_digest}`")
+    L.append("")
+
+    L.append("## Criteria")
+    L.append("")
+    rows = criteria_rows(ev)
+    if rows:
+        keys = ["criterion", "metric", "baseline", "candidate", "threshold", "delta", "p", "pass"]
+        L += _md_table(["criterion", "metric", "baseline", "candidate", "threshold", "delta [95% CI]", "McNemar p", "pass"],
+                       [[r[k] for k in keys] for r in rows])
+    else:
+        L.append("No decision record.")
+    L.append("")
+
+    L.append("## Scores")
+    L.append("")
+    srows = []
+    for name in _suite_names(ev):
+        b, c = _suite(ev.baseline, name), _suite(ev.candidate, name)
+        metrics = list((c or b).scores) if (c or b) else []
+        if (c and c.status != "ok") or (b and b.status != "ok"):
+            err = (c.error if c and c.status != "ok" else b.error) or "failed"
+            srows.append([name, "–", "failed", "failed", _clip(err)])
+            continue
+        for m in metrics:
+            bs, cs = b.scores.get(m) if b else None, c.scores.get(m) if c else None
+            unit = _unit(cs or bs)
+            ci = f"[{fmt(cs.ci_low, unit)}, {fmt(cs.ci_high, unit)}]" if cs and cs.ci_low is not None else ""
+            srows.append([name, m, fmt(bs.value if bs else None, unit), fmt(cs.value if cs else None, unit), ci])
+    L += _md_table(["suite", "metric", "baseline", "candidate", "candidate 95% CI"], srows)
+    L.append("")
+
+    skills = skill_deltas(ev)
+    if skills:
+        L.append("## Breadth by skill")
+        L.append("")
+        L += _md_table(["skill", "baseline", "candidate", "delta [95% CI]"],
+                       [[s["skill"], fmt(s["baseline"]), fmt(s["candidate"]), fmt_delta(s["delta"], s["interval"])]
+                        for s in skills])
+        L.append("")
+
+    rp_b, rp_c = _suite(ev.baseline, "risk-probes"), _suite(ev.candidate, "risk-probes")
+    if rp_c and rp_c.status == "ok":
+        L.append("## Risk probes")
+        L.append("")
+        rows = []
+        for m, sc in rp_c.scores.items():
+            bs = rp_b.scores.get(m) if rp_b and rp_b.status == "ok" else None
+            better = "higher" if (sc.model_extra or {}).get("higher_is_better", True) else "lower"
+            rows.append([m, fmt(bs.value if bs else None), fmt(sc.value), f"[{fmt(sc.ci_low)}, {fmt(sc.ci_high)}]", better])
+        L += _md_table(["rate", "baseline", "candidate", "candidate 95% CI", "better"], rows)
+        L.append("")
+
+    L.append("## Training")
+    L.append("")
+    t = ev.train
+    if t:
+        rows = [["method", t.method], ["steps", t.steps], ["final loss", f"{t.final_loss:.4f}"],
+                ["best held-out loss", f"{t.best_heldout_loss:.4f}" if t.best_heldout_loss is not None else "–"],
+                ["time", f"{t.seconds:.1f} s"], ["tokens/s", f"{t.tokens_per_s:,.0f}"], ["device", t.device],
+                ["processes", t.processes]]
+        if t.peak_vram_gb is not None:
+            rows.append(["peak VRAM", f"{t.peak_vram_gb:.2f} GB"])
+        for k in ("lr", "batch_size", "replay", "seed"):
+            if k in t.params:
+                rows.append([k, t.params[k]])
+        L += _md_table(["", ""], rows)
+    else:
+        L.append("No training summary.")
+    L.append("")
+
+    if ev.dataset:
+        c = ev.dataset.counts
+        L.append("## Data")
+        L.append("")
+        L.append(f"{c.train_rows} train rows, {c.heldout_rows} held-out rows, {c.dropped_rows} dropped"
+                 + (" (" + ", ".join(f"{k}: {v}" for k, v in sorted(c.dropped_by_reason.items())) + ")"
+                    if c.dropped_by_reason else "") + ".")
+        L.append("")
+
+    L.append("## Worst failing samples")
+    L.append("")
+    for suite in [s for s in [_primary(ev), "breadth"] if s]:
+        worst = worst_samples(ev, suite)
+        if not worst:
+            continue
+        L.append(f"### {suite}")
+        L.append("")
+        L += _md_table(["id", "prompt", "expected", "output", "base had it right"],
+                       [[w["id"], _clip(w["prompt"], 80), f"`{_clip(w['expected'], 100)}`",
+                         f"`{_clip(w['output'], 100)}`", "yes" if w["regressed"] else "no"] for w in worst])
+        L.append("")
+    if ev.problems:
+        L.append("## Problems reading the evidence")
+        L.append("")
+        L += [f"- {p}" for p in ev.problems]
+        L.append("")
+    return "\n".join(L).rstrip() + "\n"
+
+
+# --- SVG plots -------------------------------------------------------------------------------
+
+W, H, PAD = 560, 220, 44
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def svg_loss(log: list[TrainLogLine]) -> str:
+    """Training loss (line) and held-out loss (dots) against step."""
+    if not log:
+        return ""
+    steps = [p.step for p in log]
+    vals = [p.loss for p in log] + [p.heldout_loss for p in log if p.heldout_loss is not None]
+    x0, x1 = min(steps), max(steps) or 1
+    y0, y1 = min(vals), max(vals)
+    if y1 == y0:
+        y1 = y0 + 1
+    if x1 == x0:
+        x1 = x0 + 1
+
+    def X(s: float) -> float:
+        return PAD + (s - x0) / (x1 - x0) * (W - 2 * PAD)
+
+    def Y(v: float) -> float:
+        return H - PAD + 10 - (v - y0) / (y1 - y0) * (H - 2 * PAD)
+
+    pts = " ".join(f"{X(p.step):.1f},{Y(p.loss):.1f}" for p in log)
+    dots = "".join(f'<circle cx="{X(p.step):.1f}" cy="{Y(p.heldout_loss):.1f}" r="3" class="ho"/>'
+                   for p in log if p.heldout_loss is not None)
+    return (
+        f'<svg width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" aria-label="training loss">'
+        f'<line x1="{PAD}" y1="{H - PAD + 10}" x2="{W - PAD}" y2="{H - PAD + 10}" class="axis"/>'
+        f'<line x1="{PAD}" y1="{PAD - 10}" x2="{PAD}" y2="{H - PAD + 10}" class="axis"/>'
+        f'<polyline points="{pts}" class="line"/>{dots}'
+        f'<text x="{PAD}" y="{PAD - 16}" class="lab">loss {y1:.3g}</text>'
+        f'<text x="{PAD + 4}" y="{H - PAD + 6}" class="lab">{y0:.3g}</text>'
+        f'<text x="{PAD}" y="{H - 12}" class="lab">step {x0}</text>'
+        f'<text x="{W - PAD}" y="{H - 12}" class="lab" text-anchor="end">{x1}</text>'
+        f'<text x="{W - PAD}" y="{PAD - 16}" class="lab" text-anchor="end">— train  ● held-out</text></svg>'
+    )
+
+
+def svg_scores(items: list[tuple[str, Score | None, Score | None]]) -> str:
+    """Rates with 95% intervals, baseline and candidate side by side, on a 0–100% axis."""
+    items = [i for i in items if i[1] is not None or i[2] is not None]
+    if not items:
+        return ""
+    row_h = 34
+    h = PAD + row_h * len(items) + 10
+    left, right = 170, W - 20
+
+    def X(v: float) -> float:
+        return left + max(0.0, min(1.0, v)) * (right - left)
+
+    parts = [f'<svg width="{W}" height="{h}" viewBox="0 0 {W} {h}" role="img" aria-label="scores">']
+    for tick in (0, 0.25, 0.5, 0.75, 1):
+        parts.append(f'<line x1="{X(tick):.1f}" y1="{PAD - 14}" x2="{X(tick):.1f}" y2="{h - 10}" class="grid"/>'
+                     f'<text x="{X(tick):.1f}" y="{PAD - 18}" class="lab" text-anchor="middle">{int(tick * 100)}%</text>')
+    for i, (label, b, c) in enumerate(items):
+        y = PAD + i * row_h + 8
+        parts.append(f'<text x="{left - 8}" y="{y + 6}" class="lab" text-anchor="end">{_e(label)}</text>')
+        for off, sc, cls in ((-6, b, "base"), (6, c, "cand")):
+            if sc is None:
+                continue
+            if sc.ci_low is not None and sc.ci_high is not None:
+                parts.append(f'<line x1="{X(sc.ci_low):.1f}" y1="{y + off}" x2="{X(sc.ci_high):.1f}" y2="{y + off}" class="{cls}"/>')
+            parts.append(f'<circle cx="{X(sc.value):.1f}" cy="{y + off}" r="4" class="{cls}"><title>{_e(label)} {cls}: {fmt(sc.value)}</title></circle>')
+    parts.append(f'<text x="{W - 20}" y="{h - 2}" class="lab" text-anchor="end">○ baseline (upper)  ● candidate (lower), 95% CI</text></svg>')
+    return "".join(parts)
+
+
+def svg_skill_deltas(skills: list[dict[str, Any]]) -> str:
+    """Per-skill breadth delta in points, bars around zero, with paired-bootstrap intervals."""
+    skills = [s for s in skills if s["delta"] is not None]
+    if not skills:
+        return ""
+    row_h = 26
+    h = PAD + row_h * len(skills)
+    left, right = 140, W - 20
+    span = max([abs(s["delta"]) for s in skills] + [abs(x) for s in skills if s["interval"] for x in s["interval"]] + [0.05])
+    mid = (left + right) / 2
+
+    def X(v: float) -> float:
+        return mid + v / span * (right - left) / 2
+
+    parts = [f'<svg width="{W}" height="{h}" viewBox="0 0 {W} {h}" role="img" aria-label="breadth deltas by skill">',
+             f'<line x1="{mid}" y1="{PAD - 14}" x2="{mid}" y2="{h - 4}" class="axis"/>',
+             f'<text x="{left}" y="{PAD - 18}" class="lab">{-span * 100:+.0f} pp</text>',
+             f'<text x="{right}" y="{PAD - 18}" class="lab" text-anchor="end">{span * 100:+.0f} pp</text>']
+    for i, s in enumerate(skills):
+        y = PAD + i * row_h
+        x = X(s["delta"])
+        cls = "neg" if s["delta"] < 0 else "pos"
+        parts.append(f'<text x="{left - 8}" y="{y + 12}" class="lab" text-anchor="end">{_e(s["skill"])}</text>')
+        parts.append(f'<rect x="{min(x, mid):.1f}" y="{y + 2}" width="{abs(x - mid):.1f}" height="14" class="{cls}">'
+                     f'<title>{_e(s["skill"])}: {fmt_delta(s["delta"], s["interval"])}</title></rect>')
+        if s["interval"]:
+            lo, hi = s["interval"]
+            parts.append(f'<line x1="{X(lo):.1f}" y1="{y + 9}" x2="{X(hi):.1f}" y2="{y + 9}" class="ci"/>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# --- HTML ------------------------------------------------------------------------------------
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}
+h1{margin-bottom:.2em} table{border-collapse:collapse;margin:.5em 0 1.2em} td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
+th{background:#f3f3f3} code{background:#f6f6f6;padding:0 3px;word-break:break-all} .no{color:#b00020;font-weight:600}
+.badge{display:inline-block;padding:3px 12px;border-radius:4px;color:#fff;font-weight:700;text-transform:uppercase}
+.ship{background:#1b7f3b}.rework{background:#b26a00}.reject{background:#b00020}.blocked{background:#555}
+svg{display:block;margin:.4em 0 1.2em;max-width:100%} .axis{stroke:#444} .grid{stroke:#ddd}
+.line{fill:none;stroke:#1f5fbf;stroke-width:1.6} .ho{fill:#d2691e} .lab{font-size:11px;fill:#444}
+circle.base{fill:#fff;stroke:#777;stroke-width:1.5} line.base{stroke:#999;stroke-width:2}
+circle.cand{fill:#1f5fbf} line.cand{stroke:#1f5fbf;stroke-width:2} rect.pos{fill:#2e9d57} rect.neg{fill:#c8443a} .ci{stroke:#222}
+"""
+
+
+def _html_table(headers: list[str], rows: list[list[Any]], raw: set[int] = frozenset()) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{c if i in raw else _e(c)}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(ev: Evidence) -> str:
+    cfg = ev.config
+    d = ev.decision
+    title = cfg.get("recipe") or "run"
+    out = [f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}: "
+           f"{_e(d.decision if d else 'no decision')}</title><style>{CSS}</style></head><body>"]
+    out.append(f"<h1>{_e(title)}</h1>")
+    if d:
+        out.append(f'<p><span class="badge {_e(d.decision)}">{_e(d.decision)}</span> {_e(d.reason)}</p>')
+        if d.next_action:
+            out.append(f"<p><b>Next action:</b> {_e(d.next_action)}</p>")
+        if d.blocked_by:
+            out.append("<p><b>Blocked by:</b></p><ul>" + "".join(f"<li>{_e(b)}</li>" for b in d.blocked_by) + "</ul>")
+    meta = [(k, cfg[k]) for k in ("goal", "owner") if cfg.get(k)]
+    if ev.candidate:
+        meta += [("base digest", ev.candidate.model.base_digest), ("adapter digest", ev.candidate.model.adapter_digest)]
+    if meta:
+        out.append(_html_table(["", ""], [[k, v] for k, v in meta]))
+
+    out.append("<h2>Criteria</h2>")
+    rows = criteria_rows(ev)
+    keys = ["criterion", "metric", "baseline", "candidate", "threshold", "delta", "p"]
+    out.append(_html_table(
+        ["criterion", "metric", "baseline", "candidate", "threshold", "delta [95% CI]", "McNemar p", "pass"],
+        [[r[k] for k in keys] + ['yes' if r["pass"] == "yes" else '<span class="no">no</span>'] for r in rows],
+        raw={7},
+    ))
+
+    out.append("<h2>Scores</h2>")
+    items = []
+    for name in _suite_names(ev):
+        b, c = _suite(ev.baseline, name), _suite(ev.candidate, name)
+        for m in ((c or b).scores if (c or b) else {}):
+            bs, cs = (b.scores.get(m) if b else None), (c.scores.get(m) if c else None)
+            if _unit(cs or bs) == "rate" and (m == (c or b).primary_metric or name == "risk-probes"):
+                items.append((f"{name} {m}", bs, cs))
+    out.append(svg_scores(items))
+    srows = []
+    for name in _suite_names(ev):
+        b, c = _suite(ev.baseline, name), _suite(ev.candidate, name)
+        if (c and c.status != "ok") or (b and b.status != "ok"):
+            srows.append([name, "–", "failed", "failed", (c.error if c and c.status != "ok" else b.error) or ""])
+            continue
+        for m in (c or b).scores:
+            bs, cs = (b.scores.get(m) if b else None), (c.scores.get(m) if c else None)
+            unit = _unit(cs or bs)
+            ci = f"[{fmt(cs.ci_low, unit)}, {fmt(cs.ci_high, unit)}]" if cs and cs.ci_low is not None else ""
+            srows.append([name, m, fmt(bs.value if bs else None, unit), fmt(cs.value if cs else None, unit), ci])
+    out.append(_html_table(["suite", "metric", "baseline", "candidate", "candidate 95% CI"], srows))
+
+    skills = skill_deltas(ev)
+    if skills:
+        out.append("<h2>Breadth by skill</h2>")
+        out.append(svg_skill_deltas(skills))
+        out.append(_html_table(["skill", "baseline", "candidate", "delta [95% CI]"],
+                               [[s["skill"], fmt(s["baseline"]), fmt(s["candidate"]), fmt_delta(s["delta"], s["interval"])]
+                                for s in skills]))
+
+    out.append("<h2>Training</h2>")
+    if ev.train:
+        t = ev.train
+        out.append(svg_loss(ev.log))
+        trows = [["method", t.method], ["steps", t.steps], ["final loss", f"{t.final_loss:.4f}"],
+                 ["time", f"{t.seconds:.1f} s"], ["tokens/s", f"{t.tokens_per_s:,.0f}"], ["device", t.device]]
+        trows += [[k, t.params[k]] for k in ("lr", "batch_size", "replay", "seed") if k in t.params]
+        out.append(_html_table(["", ""], trows))
+    else:
+        out.append("<p>No training summary.</p>")
+
+    out.append("<h2>Worst failing samples</h2>")
+    for suite in [s for s in [_primary(ev), "breadth"] if s]:
+        worst = worst_samples(ev, suite)
+        if worst:
+            out.append(f"<h3>{_e(suite)}</h3>")
+            out.append(_html_table(
+                ["id", "prompt", "expected", "output", "base had it right"],
+                [[_e(w["id"]), _e(w["prompt"]), f"<code>{_e(w['expected'])}</code>", f"<code>{_e(w['output'])}</code>",
+                  "yes" if w["regressed"] else "no"] for w in worst],
+                raw={0, 1, 2, 3},
+            ))
+    if ev.problems:
+        out.append("<h2>Problems reading the evidence</h2><ul>" + "".join(f"<li>{_e(p)}</li>" for p in ev.problems) + "</ul>")
+    out.append("</body></html>\n")
+    return "".join(out)
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+def build_report(ctx: Any) -> None:
+    """Build function of the `report` stage: report.md and report.html into ctx.out."""
+    config = dict(ctx.config or {})
+    ev = gather({k: ctx.inputs.get(k) for k in ("decide", "eval-baseline", "eval-candidate", "train", "dataset")}, config)
+    out = Path(ctx.out)
+    (out / "report.md").write_text(render_markdown(ev))
+    (out / "report.html").write_text(render_html(ev))
+
+
+def report_run(run_dir: Path) -> tuple[str, str]:
+    """(markdown, html) for a run directory, from its own files."""
+    run_dir = Path(run_dir)
+    config: dict[str, Any] = {}
+    if (run_dir / "config.json").is_file():
+        raw = json.loads((run_dir / "config.json").read_text())
+        config = {"recipe": raw.get("recipe"), "goal": raw.get("goal"), "owner": raw.get("owner"),
+                  "primary": (raw.get("evals") or {}).get("primary")}
+    ev = gather({k: run_dir for k in ("decide", "eval-baseline", "eval-candidate", "train", "dataset")}, config)
+    return render_markdown(ev), render_html(ev)

@@ -1,0 +1,63 @@
+"""The report stage: decision first, every criterion, per-skill breadth, training, worst samples; HTML self-contained."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+from factory.report import build_report
+from test_validate import make_run
+
+
+def _build(tmp_path, **kw):
+    run = make_run(tmp_path, **kw)
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = SimpleNamespace(
+        config={"recipe": "pace-planner", "goal": "plan runs", "owner": "team"},
+        inputs={k: run for k in ("decide", "eval-baseline", "eval-candidate", "train", "dataset")},
+        out=out, log=lambda m: None,
+    )
+    build_report(ctx)
+    return (out / "report.md").read_text(), (out / "report.html").read_text()
+
+
+def test_markdown_report_content(tmp_path):
+    md, _ = _build(tmp_path, cand_right=82, breadth_right=150)
+    lines = md.splitlines()
+    assert lines[0] == "# pace-planner: REWORK"
+    assert lines[2].startswith("**Decision: rework.**")
+    assert md.index("Decision") < md.index("## Criteria") < md.index("## Training")
+    crit = [l for l in lines if l.startswith("| primary_min")][0]
+    assert "5.0%" in crit and "82.0%" in crit and "≥ 95.0%" in crit and "+77.0 pp [" in crit and "**no**" in crit
+    assert [l for l in lines if l.startswith("| breadth_drop_max_pp:breadth")][0].count("-15.0 pp") == 1
+    assert "## Breadth by skill" in md and re.search(r"^\| copy \|", md, re.M)
+    assert "train.replay" in md
+    assert "| steps | 300 |" in md and "tokens/s" in md
+    # Worst failing samples: expected vs output, for the primary suite.
+    assert "## Worst failing samples" in md and "### json-action" in md
+    assert "`oops`" in md and '`{"action":"list","args":{}}`' in md
+
+
+def test_html_report_is_self_contained_with_plots(tmp_path):
+    _, page = _build(tmp_path)
+    assert page.startswith("<!doctype html>")
+    assert 'class="badge ship"' in page
+    assert page.count("<svg") == 3  # loss curve, scores with intervals, per-skill breadth deltas
+    assert "<polyline" in page and "<rect" in page
+    assert not re.search(r"(src|href)\s*=\s*[\"']?\s*(https?:)?//", page, re.I)
+    assert "http://" not in page and "https://" not in page
+    assert "<script" not in page and "<link" not in page
+    assert "oops" in page  # worst failing samples shown with expected vs output
+
+
+def test_report_escapes_model_output(tmp_path):
+    run = make_run(tmp_path)
+    p = run / "samples/candidate/json-action.jsonl"
+    from factory.report import gather, render_html
+
+    ev = gather({k: run for k in ("decide", "eval-baseline", "eval-candidate", "train", "dataset")})
+    ev.samples["candidate"]["json-action"][-1]["output"] = "<script>alert(1)</script>"
+    page = render_html(ev)
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert p.exists()
