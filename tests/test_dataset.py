@@ -220,3 +220,11 @@ def test_missing_source_file_is_a_one_line_error(tmp_path, registry):
 def test_plugin_registers_the_source_and_the_stage_kind(registry):
     assert isinstance(registry.sources.get("jsonl"), datasets.JsonlSource)
     assert registry.stages.get("dataset").build is datasets.build_dataset
+
+
+def test_register_dataset_sources_and_register_stage_kinds_hooks():
+    sources, kinds = [], []
+    datasets.register_dataset_sources(sources.append)
+    datasets.register_stage_kinds(kinds.append)
+    assert [s.name for s in sources] == ["jsonl"] and [k.name for k in kinds] == ["dataset"]
+    assert kinds[0].description

@@ -67,6 +67,14 @@ def test_family_registers_through_the_entry_point(toy):
     assert regs.plugin_of("family", "toy-gpt2").name == "toy"
 
 
+def test_register_model_families_hook_registers_one_family(toy):
+    import factory_family_toy
+
+    found = []
+    factory_family_toy.register_model_families(found.append)
+    assert [f.name for f in found] == ["toy-gpt2"] and isinstance(found[0], factory_family_toy.ToyGPT2Family)
+
+
 def test_family_loads_beside_the_default_plugins(toy):
     regs = plugins.load()
     assert "toy-gpt2" in regs.families.names() and "tiny" in regs.families.names()

@@ -1,0 +1,63 @@
+"""Meta-test: every hookspec is documented in the plugin guide, with its signature, and has a test of its own."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GUIDE = ROOT / "docs" / "plugin-guide.md"
+
+
+def hookspecs() -> list[tuple[str, str, str | None]]:
+    """(name, signature, docstring) of every function marked @hookspec in factory/hookspecs.py."""
+    tree = ast.parse((ROOT / "factory" / "hookspecs.py").read_text())
+    found = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and any(
+            (isinstance(d, ast.Name) and d.id == "hookspec")
+            or (isinstance(d, ast.Call) and getattr(d.func, "id", None) == "hookspec")
+            for d in node.decorator_list
+        ):
+            args = ", ".join(a.arg for a in node.args.args)
+            found.append((node.name, f"{node.name}({args})", ast.get_docstring(node)))
+    return found
+
+
+SPECS = hookspecs()
+
+
+def test_hookspecs_are_found():
+    assert {"register_model_families", "register_eval_suites", "register_dataset_sources",
+            "register_stage_kinds", "run_finished"} <= {name for name, _, _ in SPECS}
+
+
+@pytest.mark.parametrize("name, signature, doc", SPECS, ids=[s[0] for s in SPECS])
+def test_hookspec_is_documented_in_the_guide(name, signature, doc):
+    guide = GUIDE.read_text()
+    assert f"### `{signature}`" in guide, f"docs/plugin-guide.md has no section for {signature}"
+    assert doc and "\n" not in doc.strip(), f"{name} needs a one-line docstring"
+
+
+@pytest.mark.parametrize("name, signature, doc", SPECS, ids=[s[0] for s in SPECS])
+def test_hookspec_has_a_test(name, signature, doc):
+    here = Path(__file__).name
+    tests = [p for p in (ROOT / "tests").glob("test_*.py") if p.name != here]
+    assert any(re.search(rf"\b{name}\b", p.read_text()) for p in tests), f"no test in tests/ mentions {name}"
+
+
+def test_guide_python_examples_parse():
+    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), flags=re.S)
+    assert blocks
+    for block in blocks:
+        ast.parse(block)
+
+
+def test_guide_covers_discovery_and_registry_rules():
+    guide = GUIDE.read_text()
+    for needle in ("FACTORY_LOAD_PLUGINS", "factory plugins", "[project.entry-points.factory]",
+                   "is taken", "registered model families", "inside the functions"):
+        assert needle in guide, needle
