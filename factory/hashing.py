@@ -76,6 +76,11 @@ class StatCache:
             ino, size, mtime, digest, hashed_at = entry
             if (ino, size, mtime) == (st.st_ino, st.st_size, st.st_mtime_ns) and mtime < hashed_at - RACY_NS:
                 return digest
+        wait = st.st_mtime_ns + RACY_NS - time.time_ns()
+        if 0 < wait <= RACY_NS:
+            # Written moments ago: a write in the same clock tick after we hash would keep this mtime,
+            # so let the tick pass first; then the remembered digest can be trusted.
+            time.sleep(wait / 1e9)
         now = time.time_ns()
         digest = hash_file(p)
         self.hashed += 1

@@ -37,6 +37,19 @@ def cuda_available() -> bool:
     return os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi") is not None
 
 
+def numerics_versions() -> dict[str, str | None]:
+    """Versions of the libraries whose upgrades change numbers: part of model stages' keys."""
+    from importlib import metadata
+
+    out = {}
+    for pkg in ("torch", "transformers", "peft", "tokenizers"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     out = dict(a)
     for k, v in b.items():
@@ -106,7 +119,7 @@ class Plan:
     def _build(self) -> None:
         r = self.recipe
         fam_mod = _module_of(self.family)
-        fam = {"family": r.base.family, **self._plugin("family", r.base.family)}
+        fam = {"family": r.base.family, **self._plugin("family", r.base.family), "libs": numerics_versions()}
         add = self.stages.__setitem__
 
         add("breadth", self._data_stage("breadth", r.breadth))
@@ -188,7 +201,8 @@ class Plan:
         defaults = self.family.default_train_params(ctx) or {}
         cfg = _deep_merge(defaults, intent)
         cfg.update({"method": t.method, "seed": t.seed, "processes": t.processes, "device": device,
-                    "precision": t.precision, "family": self.recipe.base.family})
+                    "precision": t.precision, "family": self.recipe.base.family,
+                    "libs": numerics_versions()})
         return cfg
 
     def _upstream_file(self, stage: str, rel: str) -> Path:

@@ -23,14 +23,6 @@ from typing import Any
 
 from factory import hashing
 from factory.errors import FactoryError
-from factory.records import (
-    SCHEMA_VERSION,
-    BaseModelInfo,
-    Event,
-    RunConfig,
-    RunManifest,
-    dump_record,
-)
 from factory.store import link_outputs
 
 RUN_STAGE_FILES = {"dataset", "train", "eval-baseline", "eval-candidate", "decide", "report", "package"}
@@ -102,7 +94,9 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-def _config_record(session, recipe: str, keys: dict[str, str]) -> RunConfig:
+def _config_record(session, recipe: str, keys: dict[str, str]):
+    from factory.records import SCHEMA_VERSION, BaseModelInfo, RunConfig
+
     plan = session.plan(recipe)
     r = plan.recipe
     base_digest = session.store.manifest(keys["base"])["output_digest"]
@@ -124,6 +118,8 @@ def _config_record(session, recipe: str, keys: dict[str, str]) -> RunConfig:
 
 def _events_for(session, recipe: str, keys: dict[str, str]) -> list[dict[str, Any]]:
     """This invocation's events for the recipe's stages; stages it did not touch count as hits."""
+    from factory.records import Event
+
     mine = [e for e in session.invocation_events() if e.get("recipe") == recipe or e.get("key") in keys.values()]
     seen = {e["key"] for e in mine}
     now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -141,6 +137,8 @@ def _events_for(session, recipe: str, keys: dict[str, str]) -> list[dict[str, An
 
 def finish_run(session, recipe: str) -> Path:
     """Write (or find) the run directory for the recipe's current stage keys."""
+    from factory.records import RunManifest, dump_record
+
     keys = stage_keys(session, recipe)
     rkey = run_key(keys)
     events = _events_for(session, recipe, keys)
