@@ -86,12 +86,12 @@ class Criteria(Strict):
 class Recipe(Strict):
     goal: str = Field("", description="what the specialist is for, in the owner's words")
     owner: str = Field("", description="who answers for it")
-    base: BaseSpec
+    base: BaseSpec = Field(description="the base model the specialist starts from")
     breadth: DataSpec = Field(default_factory=_default_breadth, description="general-skills corpus for replay and the breadth suite")
-    data: DataSpec
-    train: TrainSpec = Field(default_factory=TrainSpec)
-    evals: EvalSpec
-    criteria: Criteria = Field(default_factory=Criteria)
+    data: DataSpec = Field(description="the task's rows: sources, contract, held-out share")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="how the candidate is trained")
+    evals: EvalSpec = Field(description="which suites judge baseline and candidate")
+    criteria: Criteria = Field(default_factory=Criteria, description="what the candidate must clear to ship")
     package: bool = Field(True, description="package the specialist when the decision is ship")
 
     # Set by load_recipe, not by the YAML.
@@ -154,3 +154,32 @@ def load_recipe(path: Path, root: Path) -> Recipe:
 
 def recipe_files(root: Path) -> list[Path]:
     return sorted((root / "recipes").glob("*.yaml"))
+
+
+def reference_rows() -> list[tuple[str, str, str, str]]:
+    """(field path, type, default, description) for every recipe field, for the recipe reference."""
+    rows: list[tuple[str, str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, f in model.model_fields.items():
+            if f.exclude:
+                continue
+            path = f"{prefix}{name}"
+            ann = f.annotation
+            sub = None
+            for cand in (ann, *getattr(ann, "__args__", ())):
+                if isinstance(cand, type) and issubclass(cand, BaseModel):
+                    sub = cand
+            typ = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+            if f.is_required():
+                default = "required"
+            elif f.default_factory is not None:
+                default = "(see below)" if sub else repr(f.default_factory())
+            else:
+                default = repr(f.default)
+            rows.append((path, typ, default, f.description or ""))
+            if sub is not None:
+                walk(sub, f"{path}[]." if "list" in str(ann) else f"{path}.")
+
+    walk(Recipe, "")
+    return rows
