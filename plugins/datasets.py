@@ -264,7 +264,13 @@ def dump_rows(rows: list[dict[str, Any]]) -> bytes:
 def _where(ctx: Any) -> str:
     section = "breadth" if ctx.stage == "breadth" else "data"
     recipe_path = getattr(ctx.recipe, "path", None)
-    return f"{recipe_path}: {section}" if recipe_path else section
+    if not recipe_path:
+        return section
+    try:
+        recipe_path = Path(recipe_path).resolve().relative_to(Path(ctx.root).resolve())
+    except ValueError:
+        pass
+    return f"{recipe_path}: {section}"
 
 
 def _source_digest(files: list[Path], rows: list[dict[str, Any]]) -> str:

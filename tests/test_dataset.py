@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -47,7 +48,7 @@ def write_jsonl(path: Path, rows: list) -> str:
     return path.name
 
 
-def build(tmp_path: Path, registry, sources: list[dict], name: str = "out", **overrides) -> Path:
+def build(tmp_path: Path, registry, sources: list[dict], name: str = "out", recipe=None, **overrides) -> Path:
     config = {
         "sources": sources,
         "contract": "json-action",
@@ -58,7 +59,7 @@ def build(tmp_path: Path, registry, sources: list[dict], name: str = "out", **ov
     out = tmp_path / name
     out.mkdir()
     ctx = BuildContext(
-        recipe=None, stage="dataset", kind="dataset", key="k", config=config, inputs={}, out=out,
+        recipe=recipe, stage="dataset", kind="dataset", key="k", config=config, inputs={}, out=out,
         root=tmp_path, registry=registry, log=lambda msg: None,
     )
     registry.stages.get("dataset").build(ctx)
@@ -166,8 +167,9 @@ def test_contamination_fails_the_stage(tmp_path, registry):
         {"kind": "jsonl", "path": "train.jsonl", "options": {"split": "train"}},
         {"kind": "jsonl", "path": "eval.jsonl", "options": {"split": "heldout"}},
     ]
-    with pytest.raises(FactoryError, match="contamination: 1 held-out prompt"):
-        build(tmp_path, registry, sources)
+    recipe = SimpleNamespace(path=tmp_path / "recipes" / "demo.yaml")
+    with pytest.raises(FactoryError, match=r"^recipes/demo.yaml: data: contamination: 1 held-out prompt"):
+        build(tmp_path, registry, sources, recipe=recipe)
 
     write_jsonl(tmp_path / "eval.jsonl", eval_rows[:-1])
     out = build(tmp_path, registry, sources, "clean")
