@@ -91,13 +91,17 @@ def build_eval(ctx: Any) -> None:
     if role not in ("baseline", "candidate"):
         raise FactoryError(f"eval stage {ctx.stage}: role must be baseline or candidate, not {role!r}")
     settings = dict(cfg.get("settings") or {})
-    suites = [ctx.registry.suites.get(name) for name in cfg["suites"]]  # unknown names fail before loading
+    # Suites come as names or as {"name", "version"} (the plan pins versions into the key).
+    names = [s["name"] if isinstance(s, dict) else s for s in cfg["suites"]]
+    suites = [ctx.registry.suites.get(name) for name in names]  # unknown names fail before loading
+    limit = settings.get("limit")
 
     data: dict[str, list[dict[str, Any]]] = {}
     for need in sorted({s.needs for s in suites}):
         if need not in ctx.inputs:
             raise FactoryError(f"eval stage {ctx.stage}: a suite needs {need!r} rows but the stage has no such input")
-        data[need] = read_rows(ctx.inputs[need])
+        rows = read_rows(ctx.inputs[need])
+        data[need] = rows[: int(limit)] if limit else rows  # file order is fixed by the dataset stage
 
     adapter = adapter_dir_of(ctx.inputs.get("adapter"))
     if role == "candidate" and adapter is None:
