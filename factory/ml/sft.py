@@ -158,10 +158,11 @@ def precheck(lm: Any, sets: dict[str, tuple[list[dict], list[Example]]], max_len
             "no_eos_rows": len(no_eos),
             "truncated_rows": len(cut),
         }
+        # A cut row also lacks EOS (and maybe every answer token): report the cause, the cut, first.
         for bad, what, fix in (
+            (cut, f"have their answer cut at max_len {max_len} tokens", "raise train.options.max_len or drop long rows in the dataset stage"),
             (no_loss, "have no loss-carrying tokens", "the prompt template or rendering masks the whole answer"),
             (no_eos, "do not end their trained answer with EOS", "the rendering drops or replaces the EOS token"),
-            (cut, f"have their answer cut at max_len {max_len} tokens", "raise train.options.max_len or drop long rows in the dataset stage"),
         ):
             if bad:
                 first = rows[bad[0]].get("id", bad[0])

@@ -85,3 +85,25 @@ def save_toy_model(
     model.save_pretrained(dest)
     tok.save_pretrained(dest)
     return dest
+
+
+def toy_template(prompt: str) -> str:
+    return f"{prompt}\n=> "
+
+
+def load_toy(path: Path, settings: dict[str, Any] | None = None) -> Any:
+    """A LoadedModel for a directory written by `save_toy_model` (also a torchrun `loader`)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from factory.interfaces import LoadedModel
+
+    settings = settings or {}
+    device = str(settings.get("device") or "cpu")
+    device = "cpu" if device == "auto" else device
+    model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True).to(device)
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    return LoadedModel(
+        model=model, tokenizer=tok, format_prompt=toy_template, eos_token_id=int(tok.eos_token_id),
+        pad_token_id=int(tok.pad_token_id), device=device,
+        max_length=int(getattr(model.config, "max_position_embeddings", None) or model.config.n_positions),
+    )
