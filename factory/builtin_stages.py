@@ -5,6 +5,8 @@
 packaging. The `dataset` kind comes from a first-party plugin.
 """
 
+import dataclasses
+
 from factory.hookspecs import hookimpl
 from factory.stages import BuildContext, StageKind
 
@@ -12,7 +14,8 @@ __version__ = "1"
 
 
 def build_base(ctx: BuildContext) -> None:
-    ctx.extra["family"].build_base(ctx)
+    # The key covers family, versions and model id; the family sees the base config it resolved.
+    ctx.extra["family"].build_base(dataclasses.replace(ctx, config=ctx.config["base"]))
 
 
 def build_train(ctx: BuildContext) -> None:
