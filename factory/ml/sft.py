@@ -461,9 +461,13 @@ def _train(ctx: Any, lm: Any, params: SFTParams) -> None:
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(params.seed)
+    targets = resolve_targets(model, params.lora.target_modules)
+    # GPT-2 style Conv1D layers store their weight transposed; peft must be told.
+    conv1d = any(type(m).__name__ == "Conv1D" and (n in targets or n.rsplit(".", 1)[-1] in targets)
+                 for n, m in model.named_modules())
     lcfg = LoraConfig(
         r=params.lora.r, lora_alpha=params.lora.alpha, lora_dropout=params.lora.dropout,
-        target_modules=resolve_targets(model, params.lora.target_modules), task_type="CAUSAL_LM",
+        target_modules=targets, task_type="CAUSAL_LM", fan_in_fan_out=conv1d,
     )
     peft_model = model if hasattr(model, "peft_config") else get_peft_model(model, lcfg)
     peft_model.train()

@@ -1,0 +1,134 @@
+"""The `hf` family on tiny random Llama and GPT-2 checkpoints saved by the test: resolve, build, train, load, evaluate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from factory.errors import FactoryError  # noqa: E402
+from factory.interfaces import TrainDefaultsContext  # noqa: E402
+from factory.ml.generate import answer_logprobs, generate  # noqa: E402
+from factory.ml.toymodels import save_toy_model  # noqa: E402
+from factory.records import TrainSummary, read_record  # noqa: E402
+from factory.stages import BuildContext  # noqa: E402
+from factory_plugins.hf import HFFamily  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = [{"id": f"r{i}", "prompt": f"copy: {w}", "answer": w}
+        for i, w in enumerate(["ab", "cde", "fgh", "abc", "hg", "bad", "face", "dab", "cafe", "bead"] * 3)]
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch):
+    monkeypatch.setenv("FACTORY_PROGRESS", "0")
+    torch.set_num_threads(1)
+
+
+def _ctx(tmp: Path, stage: str, config: dict, inputs: dict | None = None) -> BuildContext:
+    out = tmp / stage
+    out.mkdir(parents=True)
+    return BuildContext(recipe=None, stage=stage, kind=stage, key=stage, config=config, inputs=inputs or {},
+                        out=out, root=tmp, registry=None, work=tmp / f"{stage}-work", log=lambda *_: None)
+
+
+def _build_base(fam: HFFamily, tmp: Path, model: str, options: dict | None = None) -> Path:
+    cfg = {"base": fam.resolve_base({"model": model, "options": options or {}}, tmp)}
+    ctx = _ctx(tmp, "base", cfg)
+    fam.build_base(ctx)
+    return ctx.out
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_train_and_evaluate_a_local_model(tmp_path, arch):
+    save_toy_model(tmp_path / "models" / arch, arch, init_std=0.02)
+    fam = HFFamily()
+    base = _build_base(fam, tmp_path, f"models/{arch}")
+    meta = json.loads((base / "base.json").read_text())
+    assert meta["digest"] and meta["dtype"] == "float32" and "path" not in meta  # relative model: no absolute path
+    assert list(base.iterdir()) == [base / "base.json"]  # no copy of the weights
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    params = fam.default_train_params(TrainDefaultsContext("sft-lora", len(ROWS), 5, "cpu", 1, {}))
+    params.update(steps=8, eval_every=4, lr=5e-3, threads=1)
+    ctx = _ctx(tmp_path, "train", params, {"base": base, "train": data, "heldout": data})
+    fam.trainer("sft-lora")(ctx)
+    summary = read_record(ctx.out / "train.json", TrainSummary)
+    expected = {"llama": ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"],
+                "gpt2": ["c_attn", "c_fc", "c_proj"]}[arch]
+    assert summary.lora_targets == expected
+
+    lm = fam.load(base, ctx.out / "adapter", {"device": "cpu"})
+    assert lm.info["chat_template"] is False and lm.format_prompt("x").endswith("### Response:\n")
+    prompts = [r["prompt"] for r in ROWS[:10]]
+    outs = generate(lm, prompts, max_new_tokens=8, batch_size=4)
+    assert outs == generate(lm, prompts, max_new_tokens=8, batch_size=1)
+    losses = answer_logprobs(lm, ROWS[:10], batch_size=4)
+    base_lm = fam.load(base, None, {"device": "cpu"})
+    base_losses = answer_logprobs(base_lm, ROWS[:10], batch_size=4)
+    assert sum(losses) < sum(base_losses), "the adapter did not lower the answer loss"
+
+
+def test_chat_template_is_used_when_present(tmp_path):
+    template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    save_toy_model(tmp_path / "m", "llama", chat_template=template)
+    fam = HFFamily()
+    base = _build_base(fam, tmp_path, str(tmp_path / "m"), {"system_prompt": "be brief"})
+    lm = fam.load(base, None, {"device": "cpu"})
+    assert lm.format_prompt("hi") == "<|system|>be brief\n<|user|>hi\n<|assistant|>"
+    assert lm.info["add_bos"] is False
+    plain = fam.load(_build_base(HFFamily(), tmp_path / "p", str(tmp_path / "m"), {"chat_template": False}),
+                     None, {"device": "cpu"})
+    assert plain.format_prompt("hi") == "### Instruction:\nhi\n\n### Response:\n"
+
+
+def test_changed_weights_are_refused(tmp_path):
+    save_toy_model(tmp_path / "m", "gpt2")
+    fam = HFFamily()
+    base = _build_base(fam, tmp_path, "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["n_layer"] = 1
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(FactoryError, match="changed since the base was built"):
+        fam.load(base, None, {"device": "cpu"})
+
+
+def test_options_and_paths_are_checked(tmp_path):
+    fam = HFFamily()
+    with pytest.raises(FactoryError, match="not a transformers model directory"):
+        fam.resolve_base({"model": "nowhere"}, tmp_path)
+    save_toy_model(tmp_path / "m", "gpt2")
+    with pytest.raises(FactoryError, match=r"base\.options\.dtyp: unknown option"):
+        fam.resolve_base({"model": "m", "options": {"dtyp": "float32"}}, tmp_path)
+    with pytest.raises(FactoryError, match="train.method"):
+        fam.trainer("dpo")
+    spec = fam.resolve_base({"model": "m", "options": {}}, tmp_path)
+    assert spec["trust_remote_code"] is False
+    assert spec["device"] in ("cpu", "cuda") and spec["dtype"] in ("float32", "bfloat16")
+    moved = fam.resolve_base({"model": "m", "options": {"trust_remote_code": True}}, tmp_path)
+    assert moved["digest"] == spec["digest"] and moved["trust_remote_code"] is True
+
+
+def test_import_and_resolve_do_not_import_torch(tmp_path):
+    save_toy_model(tmp_path / "m", "gpt2")
+    code = (
+        "import sys; from pathlib import Path; from factory_plugins.hf import HFFamily; "
+        f"HFFamily().resolve_base({{'model': 'm'}}, Path({str(tmp_path)!r})); "
+        "bad = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_registered_through_the_hook():
+    from factory import plugins
+
+    regs = plugins.load(only=["factory_plugins.hf"])
+    assert isinstance(regs.families.get("hf"), HFFamily)
