@@ -449,7 +449,7 @@ def svg_skill_deltas(skills: list[dict[str, Any]]) -> str:
         return ""
     row_h = 26
     h = PAD + row_h * len(skills)
-    left, right = 140, W - 20
+    left, right = 140, W - 50
     span = max([abs(s["delta"]) for s in skills] + [abs(x) for s in skills if s["interval"] for x in s["interval"]] + [0.05])
     mid = (left + right) / 2
 
@@ -470,7 +470,8 @@ def svg_skill_deltas(skills: list[dict[str, Any]]) -> str:
         if s["interval"]:
             lo, hi = s["interval"]
             parts.append(f'<line x1="{X(lo):.1f}" y1="{y + 9}" x2="{X(hi):.1f}" y2="{y + 9}" class="ci"/>')
-    parts.append("</svg>")
+        parts.append(f'<text x="{W - 4}" y="{y + 12}" class="lab" text-anchor="end">{100 * s["delta"]:+.1f}</text>')
+    parts.append(f'<text x="{mid}" y="{PAD - 18}" class="lab" text-anchor="middle">0</text></svg>')
     return "".join(parts)
 
 
