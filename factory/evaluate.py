@@ -68,6 +68,8 @@ def run_suite(suite: Any, lm: Any, rows: list[dict[str, Any]], settings: dict[st
         primary_metric=suite.primary_metric,
     )
     try:
+        if not rows:
+            raise FactoryError(f"suite {suite.name}: no {suite.needs} rows to score")
         output = suite.evaluate(lm, rows, settings)
         rel = samples_path(role, suite.name)
         write_samples(out / rel, output.samples)

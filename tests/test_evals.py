@@ -184,3 +184,11 @@ def test_eval_stage_writes_record_and_samples(tmp_path, toy_family):
         assert s.scores[s.primary_metric].n == n
     assert by["breadth"].per_skill["copy"].n == 5
     assert by["json-action"].data_digest == hashing.digest_json([row(i) for i in range(6)])
+
+
+def test_suite_without_rows_is_a_failed_result(tmp_path):
+    from factory.evaluate import run_suite
+
+    res = run_suite(json_action.JsonActionSuite(), lm=None, rows=[], settings={}, role="baseline", out=tmp_path)
+    assert res.status == "failed" and "no heldout rows" in res.error
+    assert not (tmp_path / "samples").exists()
