@@ -1,0 +1,759 @@
+"""The run index: `runs/index.duckdb`, SQL tables over every complete run directory.
+
+The run directories are the source of truth; the index is a cache of them that
+can be deleted and rebuilt at any time (`rebuild`) and gives the same answers.
+`refresh` takes in new complete runs (those with `decision.json`), re-reads
+runs whose files changed and drops runs whose directory is gone. A run is
+checked by the stat of its directory and of the files the engine writes last;
+when that changed, its record files are read and hashed, and it is re-ingested
+only if the hash changed too. Sample files are stored once per digest: the
+baseline evaluation that many runs share is read once.
+
+Locking: DuckDB lets one process hold a database file while it is open for
+writing, and a reader blocks a writer. Writers here use short-lived
+connections with a few retries; if the file stays locked (someone has a long
+query open), the ingest is queued in `runs/.index-pending` and done by the
+next `refresh` or `factory sql`. A build never fails because of the index.
+Readers (`factory sql`, `factory runs`) open the file read-only for one
+statement at a time, so an open shell does not hold the lock between queries.
+
+duckdb is imported inside functions: `factory --help` must not pay for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from factory.errors import FactoryError
+
+INDEX_FILE = "index.duckdb"
+PENDING_FILE = ".index-pending"
+INDEX_SCHEMA = "1"
+# Files written for DuckDB 2.x readers and 1.x readers alike.
+STORAGE_COMPAT = "v1.0.0"
+RECORD_FILES = (
+    "config.json", "dataset.json", "train.json", "train.log", "eval-baseline.json",
+    "eval-candidate.json", "decision.json", "run_manifest.json", "events.jsonl", "artifact.json",
+)
+REQUIRED_FILES = ("config.json", "decision.json")
+
+TABLES_SQL = """
+CREATE TABLE IF NOT EXISTS meta (name VARCHAR, value VARCHAR);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR, recipe VARCHAR, created TIMESTAMP, run_date DATE,
+    goal VARCHAR, owner VARCHAR, base_family VARCHAR, base_model VARCHAR, base_digest VARCHAR,
+    method VARCHAR, lr DOUBLE, steps INTEGER, batch_size INTEGER, replay DOUBLE, seed INTEGER,
+    train_params JSON, primary_suite VARCHAR, regression_suites VARCHAR[], stage_keys JSON,
+    git_commit VARCHAR, git_dirty BOOLEAN, device VARCHAR,
+    decision VARCHAR, reason VARCHAR, next_action VARCHAR, shipped BOOLEAN,
+    train_seconds DOUBLE, final_loss DOUBLE, best_heldout_loss DOUBLE, tokens_per_s DOUBLE,
+    eval_baseline_seconds DOUBLE, eval_candidate_seconds DOUBLE, build_seconds DOUBLE,
+    train_rows INTEGER, heldout_rows INTEGER, dropped_rows INTEGER, path VARCHAR
+);
+CREATE TABLE IF NOT EXISTS criteria (
+    run_id VARCHAR, name VARCHAR, metric VARCHAR, threshold DOUBLE, threshold_text VARCHAR,
+    baseline DOUBLE, candidate DOUBLE, delta DOUBLE, ci_low DOUBLE, ci_high DOUBLE,
+    p_value DOUBLE, passed BOOLEAN
+);
+CREATE TABLE IF NOT EXISTS evals (
+    run_id VARCHAR, role VARCHAR, suite VARCHAR, version VARCHAR, status VARCHAR, error VARCHAR,
+    n_rows INTEGER, metric VARCHAR, score DOUBLE, ci_low DOUBLE, ci_high DOUBLE, n INTEGER,
+    scores JSON, samples_path VARCHAR, samples_digest VARCHAR, base_digest VARCHAR, adapter_digest VARCHAR
+);
+CREATE TABLE IF NOT EXISTS eval_scores (
+    run_id VARCHAR, role VARCHAR, suite VARCHAR, metric VARCHAR,
+    value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, n INTEGER
+);
+CREATE TABLE IF NOT EXISTS eval_skills (
+    run_id VARCHAR, role VARCHAR, suite VARCHAR, skill VARCHAR,
+    value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, n INTEGER
+);
+CREATE TABLE IF NOT EXISTS sample_sets (
+    samples_digest VARCHAR, sample_id VARCHAR, skill VARCHAR,
+    expected VARCHAR, output VARCHAR, correct BOOLEAN
+);
+CREATE TABLE IF NOT EXISTS train_log (
+    run_id VARCHAR, step INTEGER, loss DOUBLE, lr DOUBLE, tokens_per_s DOUBLE,
+    elapsed_s DOUBLE, heldout_loss DOUBLE
+);
+CREATE TABLE IF NOT EXISTS stages (
+    run_id VARCHAR, stage VARCHAR, kind VARCHAR, stage_key VARCHAR, status VARCHAR,
+    started TIMESTAMP, ended TIMESTAMP, seconds DOUBLE, host VARCHAR, error VARCHAR
+);
+CREATE TABLE IF NOT EXISTS specialists (
+    specialist_id VARCHAR, run_id VARCHAR, recipe VARCHAR, decision VARCHAR,
+    forced BOOLEAN, created TIMESTAMP, path VARCHAR, files INTEGER, base_digest VARCHAR
+);
+CREATE TABLE IF NOT EXISTS ingested (
+    run_id VARCHAR, path VARCHAR, sig VARCHAR, file_digests JSON, ingested_at TIMESTAMP
+);
+CREATE OR REPLACE VIEW eval_samples AS
+    SELECT e.run_id, e.suite, e.role, s.sample_id, s.expected, s.output, s.correct, s.skill
+    FROM evals e JOIN sample_sets s USING (samples_digest);
+CREATE OR REPLACE VIEW run_summary AS
+    SELECT r.run_id, r.recipe, r.created, r.method, r.lr, r.steps, r.replay,
+           r.primary_suite,
+           pb.score AS primary_baseline, pc.score AS primary_candidate,
+           r.regression_suites[1] AS breadth_suite,
+           bb.score AS breadth_baseline, bc.score AS breadth_candidate,
+           round((bc.score - bb.score) * 100, 2) AS breadth_delta_pp,
+           r.decision, r.reason
+    FROM runs r
+    LEFT JOIN evals pb ON pb.run_id = r.run_id AND pb.role = 'baseline' AND pb.suite = r.primary_suite
+    LEFT JOIN evals pc ON pc.run_id = r.run_id AND pc.role = 'candidate' AND pc.suite = r.primary_suite
+    LEFT JOIN evals bb ON bb.run_id = r.run_id AND bb.role = 'baseline' AND bb.suite = r.regression_suites[1]
+    LEFT JOIN evals bc ON bc.run_id = r.run_id AND bc.role = 'candidate' AND bc.suite = r.regression_suites[1];
+"""
+RUN_TABLES = ("runs", "criteria", "evals", "eval_scores", "eval_skills", "train_log", "stages", "ingested")
+
+# --- ingest SQL. `paths(run_id, path, sig)` lists the runs being ingested; `{src}` is
+# `(SELECT run_id, content FROM read_text(...))` over one record file of each of them. Each
+# file is read once and parsed once, straight into the struct of the fields the index keeps.
+
+_SCORE_MAP = "MAP(VARCHAR, STRUCT(value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, n INTEGER))"
+_SHAPES = {
+    "config.json": """{"recipe":"VARCHAR","goal":"VARCHAR","owner":"VARCHAR","method":"VARCHAR",
+        "base":{"family":"VARCHAR","model":"VARCHAR","digest":"VARCHAR"},"train":"JSON",
+        "evals":{"primary":"VARCHAR","regression":["VARCHAR"]},"stage_keys":"JSON"}""",
+    "run_manifest.json": """{"created":"VARCHAR","git":{"commit":"VARCHAR","dirty":"BOOLEAN"},"device":"VARCHAR",
+        "stage_keys":"JSON","files":"MAP(VARCHAR, VARCHAR)"}""",
+    "decision.json": """{"decision":"VARCHAR","reason":"VARCHAR","next_action":"VARCHAR",
+        "criteria":[{"name":"VARCHAR","metric":"VARCHAR","threshold":"VARCHAR","baseline":"DOUBLE",
+        "candidate":"DOUBLE","delta":"DOUBLE","interval":["DOUBLE"],"p_value":"DOUBLE","passed":"BOOLEAN"}]}""",
+    "train.json": """{"method":"VARCHAR","steps":"INTEGER","seconds":"DOUBLE","final_loss":"DOUBLE",
+        "best_heldout_loss":"DOUBLE","tokens_per_s":"DOUBLE","device":"VARCHAR","params":"JSON"}""",
+    "dataset.json": """{"counts":{"train_rows":"INTEGER","heldout_rows":"INTEGER","dropped_rows":"INTEGER"}}""",
+    "eval-baseline.json": """{"model":{"base_digest":"VARCHAR","adapter_digest":"VARCHAR"},"seconds":"DOUBLE",
+        "suites":[{"suite":"VARCHAR","version":"VARCHAR","status":"VARCHAR","error":"VARCHAR","rows":"INTEGER",
+        "primary_metric":"VARCHAR","scores":"SCORES","per_skill":"SCORES",
+        "samples":{"path":"VARCHAR","digest":"VARCHAR"}}]}""".replace("SCORES", _SCORE_MAP),
+}
+_SHAPES["eval-candidate.json"] = _SHAPES["eval-baseline.json"]
+_DOC_TABLES = {"config.json": "d_cfg", "run_manifest.json": "d_man", "decision.json": "d_dec",
+               "train.json": "d_tr", "dataset.json": "d_ds",
+               "eval-baseline.json": "d_evb", "eval-candidate.json": "d_evc"}
+
+# Files that are the same for every run sharing a stage key (the store hardlinks them): read once per key.
+_SHARED = {"dataset.json": "dataset", "eval-baseline.json": "eval-baseline"}
+
+_DOC_SQL = "CREATE OR REPLACE TEMP TABLE {table} AS SELECT run_id, json_transform(content, '{shape}') AS j FROM {src}"
+
+_RUNS_SQL = """
+INSERT INTO runs SELECT
+    p.run_id, c.j.recipe,
+    coalesce(TRY_CAST(TRY_CAST(m.j.created AS TIMESTAMPTZ) AS TIMESTAMP), TRY_CAST(left(p.run_id, 10) AS TIMESTAMP)),
+    coalesce(TRY_CAST(TRY_CAST(m.j.created AS TIMESTAMPTZ) AS TIMESTAMP), TRY_CAST(left(p.run_id, 10) AS TIMESTAMP))::DATE,
+    c.j.goal, c.j.owner, c.j.base.family, c.j.base.model,
+    coalesce(c.j.base.digest, eb.j.model.base_digest),
+    coalesce(c.j.method, t.j.method),
+    TRY_CAST(coalesce(c.j.train->>'$.lr', t.j.params->>'$.lr') AS DOUBLE),
+    TRY_CAST(coalesce(c.j.train->>'$.steps', t.j.steps::VARCHAR) AS INTEGER),
+    TRY_CAST(coalesce(c.j.train->>'$.batch_size', t.j.params->>'$.batch_size') AS INTEGER),
+    TRY_CAST(coalesce(c.j.train->>'$.replay', t.j.params->>'$.replay') AS DOUBLE),
+    TRY_CAST(coalesce(c.j.train->>'$.seed', t.j.params->>'$.seed') AS INTEGER),
+    coalesce(c.j.train, t.j.params),
+    c.j.evals.primary, coalesce(c.j.evals.regression, []::VARCHAR[]),
+    coalesce(m.j.stage_keys, c.j.stage_keys),
+    m.j.git.commit, m.j.git.dirty, coalesce(m.j.device, t.j.device),
+    d.j.decision, d.j.reason, d.j.next_action, d.j.decision = 'ship',
+    t.j.seconds, t.j.final_loss, t.j.best_heldout_loss, t.j.tokens_per_s,
+    eb.j.seconds, ec.j.seconds, NULL,
+    s.j.counts.train_rows, s.j.counts.heldout_rows, s.j.counts.dropped_rows,
+    p.path
+FROM paths p JOIN d_cfg c ON c.run_id = p.run_id
+LEFT JOIN d_man m ON m.run_id = p.run_id LEFT JOIN d_dec d ON d.run_id = p.run_id
+LEFT JOIN d_tr t ON t.run_id = p.run_id LEFT JOIN d_ds s ON s.run_id = p.run_id
+LEFT JOIN d_evb eb ON eb.run_id = p.run_id
+LEFT JOIN d_evc ec ON ec.run_id = p.run_id
+"""
+
+_CRITERIA_SQL = """
+INSERT INTO criteria
+SELECT run_id, c.name, c.metric, TRY_CAST(c.threshold AS DOUBLE), c.threshold,
+       c.baseline, c.candidate, c.delta, c.interval[1], c.interval[2], c.p_value, c.passed
+FROM (SELECT run_id, unnest(j.criteria) AS c FROM d_dec WHERE j.criteria IS NOT NULL)
+"""
+
+_SUITES_SQL = """
+CREATE OR REPLACE TEMP TABLE suites AS
+SELECT run_id, role, base_digest, adapter_digest, s.* FROM (
+    SELECT run_id, 'baseline' AS role, j.model.base_digest, j.model.adapter_digest, unnest(j.suites) AS s
+    FROM d_evb WHERE j.suites IS NOT NULL
+    UNION ALL
+    SELECT run_id, 'candidate', j.model.base_digest, j.model.adapter_digest, unnest(j.suites)
+    FROM d_evc WHERE j.suites IS NOT NULL
+)
+"""
+
+_EVALS_SQL = """
+INSERT INTO evals
+SELECT run_id, role, suite, version, status, error, "rows", metric,
+       scores[metric].value, scores[metric].ci_low, scores[metric].ci_high, scores[metric].n,
+       to_json(scores), samples.path, samples.digest, base_digest, adapter_digest
+FROM (SELECT *, coalesce(primary_metric, 'exact_match') AS metric FROM suites)
+"""
+
+_SCORES_SQL = """
+INSERT INTO {table}
+SELECT run_id, role, suite, e.key, e.value.value, e.value.ci_low, e.value.ci_high, e.value.n
+FROM (SELECT run_id, role, suite, unnest(map_entries({column})) AS e FROM suites WHERE {column} IS NOT NULL)
+"""
+
+_TRAIN_LOG_SQL = """
+INSERT INTO train_log
+SELECT run_id, j.step, j.loss, j.lr, j.tokens_per_s, j.elapsed_s, j.heldout_loss FROM (
+    SELECT run_id, json_transform(line, '{"step":"INTEGER","loss":"DOUBLE","lr":"DOUBLE","tokens_per_s":"DOUBLE",
+                                          "elapsed_s":"DOUBLE","heldout_loss":"DOUBLE"}') AS j
+    FROM (SELECT run_id, unnest(string_split(content, chr(10))) AS line FROM {src}) WHERE trim(line) <> '')
+"""
+
+_STAGES_SQL = """
+INSERT INTO stages
+SELECT run_id, j.stage, j.kind, j.key, j.status, TRY_CAST(TRY_CAST(j."start" AS TIMESTAMPTZ) AS TIMESTAMP),
+       TRY_CAST(TRY_CAST(j."end" AS TIMESTAMPTZ) AS TIMESTAMP), j.seconds, j.host, j.error FROM (
+    SELECT run_id, json_transform(line, '{"stage":"VARCHAR","kind":"VARCHAR","key":"VARCHAR","status":"VARCHAR",
+            "start":"VARCHAR","end":"VARCHAR","seconds":"DOUBLE","host":"VARCHAR","error":"VARCHAR"}') AS j
+    FROM (SELECT run_id, unnest(string_split(content, chr(10))) AS line FROM {src}) WHERE trim(line) <> '')
+"""
+
+_BUILD_SECONDS_SQL = """
+UPDATE runs SET build_seconds = s.total FROM (
+    SELECT run_id, sum(seconds) AS total FROM stages WHERE status = 'built'
+    AND run_id IN (SELECT run_id FROM paths) GROUP BY run_id) s
+WHERE runs.run_id = s.run_id
+"""
+
+_SAMPLES_SQL = """
+INSERT INTO sample_sets
+SELECT digest, j.id, j.skill, j.expected, j.output, j.correct FROM (
+    SELECT digest, json_transform(line, '{"id":"VARCHAR","skill":"VARCHAR","expected":"VARCHAR",
+                                          "output":"VARCHAR","correct":"BOOLEAN"}') AS j
+    FROM (SELECT m.digest, unnest(string_split(t.content, chr(10))) AS line
+          FROM read_text($files) t JOIN sample_paths m ON m.path = t.filename)
+    WHERE trim(line) <> '')
+"""
+
+
+class IndexBusy(FactoryError):
+    """The index file is locked by another process."""
+
+
+def index_path(runs_dir: Path) -> Path:
+    return Path(runs_dir) / INDEX_FILE
+
+
+def _is_lock_error(e: Exception) -> bool:
+    text = str(e)
+    return "lock" in text.lower() or "Conflicting" in text
+
+
+def connect(runs_dir: Path, read_only: bool = True, wait_s: float = 3.0):
+    """Open the index, retrying while another process holds it; IndexBusy if it stays locked."""
+    import duckdb
+
+    path = index_path(runs_dir)
+    deadline = time.monotonic() + wait_s
+    delay = 0.02
+    while True:
+        try:
+            if read_only:
+                return duckdb.connect(str(path), read_only=True)
+            return _writer(duckdb.connect(str(path), config={"storage_compatibility_version": STORAGE_COMPAT}))
+        except duckdb.IOException as e:
+            if not _is_lock_error(e):
+                raise FactoryError(f"{path}: cannot open the index: {str(e).splitlines()[0]}") from None
+            if time.monotonic() >= deadline:
+                what = "updating" if read_only else "reading or updating"
+                raise IndexBusy(f"{path}: another process is {what} the index; try again in a moment") from None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.25)
+
+
+def _writer(con):
+    # timestamps are stored as UTC TIMESTAMP: a TIMESTAMPTZ would need pytz in every Python reader
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET preserve_insertion_order = false")
+    return con
+
+
+# --- scanning ------------------------------------------------------------------------------
+
+def _stat_sig(st: os.stat_result) -> str:
+    return f"{st.st_ino}.{st.st_size}.{st.st_mtime_ns}"
+
+
+def _scan(runs_dir: Path, known: dict[str, str], deep: bool,
+          only: list[str] | None = None) -> tuple[dict[str, tuple[Path, str]], int]:
+    """Complete runs under runs_dir: id -> (path, stat signature); and the count of incomplete ones.
+
+    The signature is the stat of the directory (it changes whenever the engine
+    adds or replaces a file) and of events.jsonl (the one file appended to in
+    place). `deep` adds every file, for edits made by hand in place.
+    """
+    found: dict[str, tuple[Path, str]] = {}
+    incomplete = 0
+    try:
+        if only is None:
+            entries = [(e.name, e.path) for e in os.scandir(runs_dir) if not e.name.startswith(".") and e.is_dir()]
+        else:
+            entries = [(n, os.path.join(runs_dir, n)) for n in only if os.path.isdir(os.path.join(runs_dir, n))]
+    except FileNotFoundError:
+        return found, 0
+    for name, path in entries:
+        try:
+            ev = _stat_sig(os.stat(os.path.join(path, "events.jsonl")))
+            dir_sig = _stat_sig(os.stat(path))
+        except FileNotFoundError:
+            ev, dir_sig = "-", _stat_sig(os.stat(path))
+        sig = dir_sig + "/" + ev
+        if deep:
+            parts = []
+            for dirpath, _, names in os.walk(path):
+                for n in sorted(names):
+                    p = os.path.join(dirpath, n)
+                    parts.append(os.path.relpath(p, path) + ":" + _stat_sig(os.stat(p)))
+            sig += "/" + _digest_text("|".join(sorted(parts)))
+        if known.get(name) != sig and not os.path.exists(os.path.join(path, "decision.json")):
+            incomplete += 1
+            continue
+        found[name] = (Path(path), sig)
+    return found, incomplete
+
+
+def _digest_text(text: str) -> str:
+    from factory.hashing import digest_bytes
+
+    return digest_bytes(text.encode())
+
+
+def _file_digests(run: Path) -> dict[str, str]:
+    from factory.hashing import hash_file
+
+    return {n: hash_file(run / n) for n in RECORD_FILES if (run / n).is_file()}
+
+
+def _content_changed(run: Path, stored_json: str | None) -> tuple[bool, dict[str, str]]:
+    """Whether the record files differ from what was ingested (by digest); and their digests now."""
+    now = _file_digests(run)
+    stored = json.loads(stored_json) if stored_json else {}
+    changed = any(stored.get(n) != d for n, d in now.items()) or any(
+        n in RECORD_FILES and n not in now for n in stored)
+    return changed, now
+
+
+# --- refresh -------------------------------------------------------------------------------
+
+BULK_MIN = 2500  # above this many runs, read a record file of every run with a glob
+CHUNK = 2000  # files per read_text list: DuckDB's long file lists scale badly
+
+
+def _ensure_schema(con) -> bool:
+    """Create the tables; return False when the file has another layout and must be rebuilt."""
+    import duckdb
+
+    try:
+        row = con.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
+    except duckdb.CatalogException:
+        row = None
+    else:
+        if row is None or row[0] != INDEX_SCHEMA:
+            return False
+        return True
+    con.execute(TABLES_SQL)
+    con.execute("DELETE FROM meta WHERE name = 'schema'")
+    con.execute("INSERT INTO meta VALUES ('schema', ?)", [INDEX_SCHEMA])
+    return True
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _source(runs_dir: Path, runs: dict[str, tuple[Path, str]], name: str) -> str:
+    """SQL for (run_id, content) of one record file of every run in `runs`."""
+    empty = "(SELECT NULL::VARCHAR AS run_id, NULL::VARCHAR AS content WHERE false)"
+    base = str(runs_dir.resolve())
+    if len(runs) > BULK_MIN and not any(c in base for c in "*?[]{}"):
+        pattern = f"{base}/*/{name}"
+        if not any(True for _ in _first_match(runs, name)):
+            return empty
+        return (f"(SELECT split_part(filename, '/', -2) AS run_id, content FROM read_text({_lit(pattern)}) "
+                f"WHERE split_part(filename, '/', -2) IN (SELECT run_id FROM paths))")
+    files = [str(p / name) for p, _ in runs.values() if (p / name).is_file()]
+    if not files:
+        return empty
+    listed = ", ".join(_lit(f) for f in files)
+    return f"(SELECT split_part(filename, '/', -2) AS run_id, content FROM read_text([{listed}]))"
+
+
+def _first_match(runs: dict[str, tuple[Path, str]], name: str):
+    for p, _ in runs.values():
+        if (p / name).is_file():
+            yield p
+            return
+
+
+def _ingest(con, runs_dir: Path, runs: dict[str, tuple[Path, str]], digests: dict[str, dict[str, str]]) -> None:
+    """Insert every table's rows for `runs` (none of which is in the index now)."""
+    if not runs:
+        return
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE paths AS SELECT unnest($ids) AS run_id, unnest($paths) AS path, "
+        "unnest($sigs) AS sig", {"ids": list(runs), "paths": [str(p) for p, _ in runs.values()],
+                                 "sigs": [s for _, s in runs.values()]})
+    for name, table in _DOC_TABLES.items():
+        shape = " ".join(_SHAPES[name].split())
+        if name in _SHARED:
+            _shared_doc(con, runs_dir, runs, name, table, shape)
+        else:
+            con.execute(_DOC_SQL.format(table=table, shape=shape, src=_source(runs_dir, runs, name)))
+    con.execute(_RUNS_SQL)
+    con.execute(_CRITERIA_SQL)
+    con.execute(_SUITES_SQL)
+    con.execute(_EVALS_SQL)
+    con.execute(_SCORES_SQL.format(table="eval_scores", column="scores"))
+    con.execute(_SCORES_SQL.format(table="eval_skills", column="per_skill"))
+    con.execute(_TRAIN_LOG_SQL.replace("{src}", _source(runs_dir, runs, "train.log")))
+    con.execute(_STAGES_SQL.replace("{src}", _source(runs_dir, runs, "events.jsonl")))
+    con.execute(_BUILD_SECONDS_SQL)
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    # record-file digests: computed for re-read runs, else those the run's manifest lists
+    con.execute(
+        "INSERT INTO ingested SELECT p.run_id, p.path, p.sig, to_json(m.j.files), $now "
+        "FROM paths p LEFT JOIN d_man m ON m.run_id = p.run_id", {"now": now})
+    if digests:
+        con.executemany("UPDATE ingested SET file_digests = ? WHERE run_id = ?",
+                        [(json.dumps(d, sort_keys=True), r) for r, d in digests.items() if r in runs])
+    _ingest_samples(con, runs_dir)
+    for t in ("suites", "paths", *_DOC_TABLES.values()):
+        con.execute(f"DROP TABLE IF EXISTS {t}")
+
+
+def _shared_doc(con, runs_dir: Path, runs: dict[str, tuple[Path, str]], name: str, table: str, shape: str) -> None:
+    """Read `name` once per stage key (runs/d_man must be loaded) and give every run its copy."""
+    stage = _SHARED[name]
+    pairs = con.execute(
+        f"SELECT p.run_id, coalesce(m.j.stage_keys->>{_lit('$.' + json.dumps(stage))}, p.run_id) "
+        "FROM paths p LEFT JOIN d_man m ON m.run_id = p.run_id").fetchall()
+    rep_of_key: dict[str, str] = {}
+    for run_id, key in pairs:
+        if key not in rep_of_key and (runs[run_id][0] / name).is_file():
+            rep_of_key[key] = run_id
+    reps = {r: runs[r] for r in rep_of_key.values()}
+    ids = [r for r, k in pairs if k in rep_of_key]
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {table} AS "
+        f"WITH doc AS (SELECT run_id AS rep, json_transform(content, {_lit(shape)}) AS j FROM {_source(runs_dir, reps, name)}), "
+        "rk AS (SELECT unnest($ids) AS run_id, unnest($reps) AS rep) "
+        "SELECT rk.run_id, doc.j FROM rk JOIN doc USING (rep)",
+        {"ids": ids, "reps": [rep_of_key[k] for r, k in pairs if k in rep_of_key]})
+
+
+def _ingest_samples(con, runs_dir: Path) -> None:
+    """Read the sample files whose digest the index does not hold yet (one file per digest)."""
+    rows = con.execute(
+        "SELECT s.samples.digest, any_value(p.path || '/' || s.samples.path) FROM suites s JOIN paths p USING (run_id) "
+        "WHERE s.samples.digest IS NOT NULL "
+        "AND s.samples.digest NOT IN (SELECT samples_digest FROM evals WHERE samples_digest IS NOT NULL "
+        "AND run_id NOT IN (SELECT run_id FROM paths)) "
+        "GROUP BY s.samples.digest").fetchall()
+    todo = [(p, d) for d, p in rows if os.path.isfile(p)]
+    if not todo:
+        return
+    con.execute("CREATE OR REPLACE TEMP TABLE sample_paths AS SELECT unnest($p) AS path, unnest($d) AS digest",
+                {"p": [p for p, _ in todo], "d": [d for _, d in todo]})
+    # DuckDB opens a long file list in time that grows faster than its length: read in chunks
+    paths = [p for p, _ in todo]
+    for i in range(0, len(paths), CHUNK):
+        con.execute(_SAMPLES_SQL, {"files": paths[i:i + CHUNK]})
+    con.execute("DROP TABLE sample_paths")
+
+
+def _delete_runs(con, run_ids: list[str]) -> None:
+    if not run_ids:
+        return
+    for t in RUN_TABLES:
+        con.execute(f"DELETE FROM {t} WHERE run_id IN (SELECT unnest($ids))", {"ids": run_ids})
+
+
+def _refresh_specialists(con, root: Path) -> int:
+    rows = []
+    spec_dir = root / "specialists"
+    if spec_dir.is_dir():
+        for d in sorted(spec_dir.iterdir()):
+            m = d / "manifest.json"
+            if not m.is_file():
+                continue
+            try:
+                man = json.loads(m.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            rows.append((man.get("id", d.name), man.get("run_id"), man.get("recipe"), man.get("decision"),
+                         bool(man.get("forced", False)), man.get("created"), str(d), len(man.get("files", {})),
+                         man.get("base_digest")))
+    con.execute("DELETE FROM specialists")
+    if rows:
+        con.executemany("INSERT INTO specialists VALUES (?, ?, ?, ?, ?, TRY_CAST(TRY_CAST(? AS TIMESTAMPTZ) AS TIMESTAMP), ?, ?, ?)", rows)
+    return len(rows)
+
+
+def _refresh_into(con, runs_dir: Path, deep: bool, only: list[str] | None = None) -> dict[str, Any]:
+    runs_dir = Path(runs_dir).resolve()
+    if only is None:
+        known = dict(con.execute("SELECT run_id, sig FROM ingested").fetchall())
+    else:
+        known = dict(con.execute("SELECT run_id, sig FROM ingested WHERE run_id IN (SELECT unnest($ids))",
+                                 {"ids": list(only)}).fetchall())
+    found, incomplete = _scan(runs_dir, known, deep, only)
+    removed = [r for r in known if r not in found]
+    stale = {r: v for r, v in found.items() if r in known and known[r] != v[1]}
+    new = {r: v for r, v in found.items() if r not in known}
+    changed, touched, digests = {}, [], {}
+    stored = dict(con.execute("SELECT run_id, file_digests FROM ingested WHERE run_id IN (SELECT unnest($ids))",
+                              {"ids": list(stale)}).fetchall()) if stale else {}
+    for r, v in stale.items():
+        differs, digests[r] = _content_changed(v[0], stored.get(r))
+        if differs:
+            changed[r] = v
+        else:
+            touched.append(r)
+    con.execute("BEGIN")
+    try:
+        if touched:
+            con.executemany("UPDATE ingested SET sig = ?, file_digests = ? WHERE run_id = ?",
+                            [(found[r][1], json.dumps(digests[r], sort_keys=True), r) for r in touched])
+        _delete_runs(con, removed + list(changed))
+        _ingest(con, runs_dir, {**new, **changed}, digests)
+        if removed or changed:
+            con.execute("DELETE FROM sample_sets WHERE samples_digest NOT IN "
+                        "(SELECT samples_digest FROM evals WHERE samples_digest IS NOT NULL)")
+        specialists = _refresh_specialists(con, runs_dir.parent)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    unchanged = len(found) - len(new) - len(changed)
+    if only is not None:
+        unchanged = con.execute("SELECT count(*) FROM ingested").fetchone()[0] - len(new) - len(changed)
+    return {"new": len(new), "changed": len(changed), "unchanged": unchanged,
+            "removed": len(removed), "incomplete": incomplete, "specialists": specialists}
+
+
+def refresh(runs_dir: Path, deep: bool = False, wait_s: float = 1.0, only: list[str] | None = None) -> dict[str, Any]:
+    """Bring runs/index.duckdb up to date with the run directories; never raises on a lock.
+
+    `only` names the run directories to look at (the engine passes the run it
+    just wrote, so the cost does not grow with the number of runs); a queued
+    ingest or a missing index makes it look at all of them. `deep` checks the
+    stat of every file, not only the directory and events.jsonl.
+    Returns counts: new, changed, unchanged, removed, incomplete; plus "queued": True
+    (and "message") when the file was locked and the ingest was left for later.
+    """
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    pending = runs_dir / PENDING_FILE
+    queued_before = _read_pending(pending)
+    t0 = time.perf_counter()
+    if not index_path(runs_dir).exists():
+        out = _build_fresh(runs_dir, deep)
+    else:
+        try:
+            con = connect(runs_dir, read_only=False, wait_s=wait_s)
+        except IndexBusy as e:
+            pending.write_text(json.dumps({"queued_at": datetime.now(timezone.utc).isoformat(),
+                                           "pid": os.getpid(), "runs": only, "reason": str(e)}) + "\n")
+            return {"queued": True, "message": f"index busy; ingest queued in {pending} for the next refresh"}
+        try:
+            if not _ensure_schema(con):
+                con.close()
+                index_path(runs_dir).unlink()
+                return refresh(runs_dir, deep, wait_s)
+            out = _refresh_into(con, runs_dir, deep, None if queued_before is not None else only)
+        finally:
+            con.close()
+    if queued_before is not None and _read_pending(pending) == queued_before:
+        pending.unlink(missing_ok=True)  # a marker queued while this refresh ran stays for the next one
+    out["queued"] = False
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+def _read_pending(pending: Path) -> str | None:
+    try:
+        return pending.read_text()
+    except FileNotFoundError:
+        return None
+
+
+def _build_fresh(runs_dir: Path, deep: bool = False) -> dict[str, Any]:
+    """Build a new index beside the old one and move it into place: readers never see it half-built."""
+    import duckdb
+
+    target = index_path(runs_dir)
+    tmp = runs_dir / f".{INDEX_FILE}.{os.getpid()}.tmp"
+    for p in (tmp, Path(str(tmp) + ".wal")):
+        p.unlink(missing_ok=True)
+    con = _writer(duckdb.connect(str(tmp), config={"storage_compatibility_version": STORAGE_COMPAT}))
+    try:
+        _ensure_schema(con)
+        out = _refresh_into(con, runs_dir, deep)
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    Path(str(target) + ".wal").unlink(missing_ok=True)
+    os.replace(tmp, target)
+    return out
+
+
+def rebuild(runs_dir: Path) -> dict[str, Any]:
+    """Throw the index away and build it again from the run directories."""
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    out = _build_fresh(runs_dir)
+    (runs_dir / PENDING_FILE).unlink(missing_ok=True)
+    out["queued"] = False
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+# --- reading -------------------------------------------------------------------------------
+
+def _ready(runs_dir: Path, log=None) -> None:
+    """Make sure there is an index to read, and take in a queued ingest if there is one."""
+    if not index_path(runs_dir).exists() or (runs_dir / PENDING_FILE).exists():
+        res = refresh(runs_dir)
+        if res.get("queued") and log:
+            log(res["message"])
+
+
+def query(runs_dir: Path, sql: str, params: Any = None) -> tuple[list[str], list[tuple]]:
+    """Run one read-only statement on the index; (column names, rows)."""
+    import duckdb
+
+    con = connect(Path(runs_dir), read_only=True)
+    try:
+        try:
+            cur = con.execute(sql, params) if params is not None else con.execute(sql)
+        except duckdb.Error as e:
+            raise FactoryError(f"sql: {str(e).splitlines()[0]}") from None
+        if cur.description is None:
+            return [], []
+        return [d[0] for d in cur.description], cur.fetchall()
+    finally:
+        con.close()
+
+
+def _fmt_cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def print_result(cols: list[str], rows: list[tuple], fmt: str = "table", out=None) -> None:
+    out = out or sys.stdout
+    if fmt == "csv":
+        import csv
+
+        w = csv.writer(out)
+        w.writerow(cols)
+        w.writerows(["" if v is None else v for v in r] for r in rows)
+    elif fmt == "json":
+        out.write(json.dumps([dict(zip(cols, r)) for r in rows], default=str, indent=1) + "\n")
+    elif fmt == "table":
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(show_edge=False, header_style="bold")
+        for c in cols:
+            t.add_column(c, overflow="fold")
+        for r in rows:
+            t.add_row(*(_fmt_cell(v) for v in r))
+        Console(file=out, width=None if out is sys.stdout else 200).print(t)
+        out.write(f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n")
+    else:
+        raise FactoryError(f"--format: {fmt!r} is not one of table, csv, json")
+
+
+def _shell(runs_dir: Path, fmt: str) -> int:
+    """A small SQL shell: statements end with ';' (or a line on its own when stdin is not a terminal)."""
+    tty = sys.stdin.isatty()
+    if tty:
+        print(f"factory sql on {index_path(runs_dir)}; end statements with ';', .tables lists tables, .quit leaves")
+    buf: list[str] = []
+    status = 0
+    while True:
+        if tty:
+            sys.stdout.write("sql> " if not buf else " ...> ")
+            sys.stdout.flush()
+        line = sys.stdin.readline()
+        if not line:
+            break
+        s = line.strip()
+        if not buf and s in (".quit", ".exit", "\\q"):
+            break
+        if not buf and s == ".tables":
+            s = "SELECT table_name, table_type FROM information_schema.tables ORDER BY table_name;"
+        if not s and not buf:
+            continue
+        buf.append(s)
+        stmt = " ".join(buf).strip()
+        if not stmt.endswith(";") and tty:
+            continue
+        buf = []
+        try:
+            cols, rows = query(runs_dir, stmt)
+            if cols:
+                print_result(cols, rows, fmt)
+        except FactoryError as e:
+            print(f"error: {e}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def cli_sql(root: Path, query_text: str | None, fmt: str = "table") -> int:
+    """`factory sql [QUERY] [--format table|csv|json]`; with no query, an interactive shell."""
+    runs_dir = Path(root) / "runs"
+    if fmt not in ("table", "csv", "json"):
+        print(f"factory sql: --format: {fmt!r} is not one of table, csv, json", file=sys.stderr)
+        return 2
+    try:
+        _ready(runs_dir, log=lambda m: print(m, file=sys.stderr))
+        if query_text is None:
+            return _shell(runs_dir, fmt)
+        cols, rows = query(runs_dir, query_text)
+        print_result(cols, rows, fmt)
+        return 0
+    except FactoryError as e:
+        print(f"factory sql: {e}", file=sys.stderr)
+        return 1
+
+
+def cli_runs(root: Path, limit: int = 20) -> int:
+    """`factory runs`: the newest runs with their decision and primary scores."""
+    runs_dir = Path(root) / "runs"
+    try:
+        _ready(runs_dir, log=lambda m: print(m, file=sys.stderr))
+        cols, rows = query(
+            runs_dir,
+            "SELECT run_id, created::DATE AS date, recipe, method, lr, decision, primary_suite, "
+            "round(primary_baseline, 3) AS baseline, round(primary_candidate, 3) AS candidate, "
+            "breadth_delta_pp FROM run_summary ORDER BY created DESC, run_id LIMIT ?",
+            [int(limit)],
+        )
+    except FactoryError as e:
+        print(f"factory runs: {e}", file=sys.stderr)
+        return 1
+    if not rows:
+        print(f"no complete runs under {runs_dir}")
+        return 0
+    print_result(cols, rows, "table")
+    return 0
