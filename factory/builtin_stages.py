@@ -46,15 +46,20 @@ def build_package(ctx: BuildContext) -> None:
     run(ctx)
 
 
+# The wrappers above only dispatch; each kind's key covers the modules that do the work, and
+# code_version pins the wrapper so editing one kind's line does not rebuild every other kind.
 @hookimpl
 def register_stage_kinds(register):
-    register(StageKind("base", build_base, description="build or load the base model (the family decides)"))
-    register(StageKind("train", build_train, description="train the candidate with the recipe's method"))
-    register(StageKind("eval", build_eval, modules=("factory.evaluate",),
+    register(StageKind("base", build_base, code_version="1",
+                       description="build or load the base model (the family decides)"))
+    register(StageKind("train", build_train, code_version="1",
+                       description="train the candidate with the recipe's method"))
+    register(StageKind("eval", build_eval, code_version="1", modules=("factory.evaluate",),
                        description="run every eval suite on one model"))
-    register(StageKind("decide", build_decide, modules=("factory.gate", "factory.stats"),
+    register(StageKind("decide", build_decide, code_version="1", modules=("factory.gate", "factory.stats"),
                        description="judge the candidate against the baseline and the criteria"))
-    register(StageKind("report", build_report, modules=("factory.report",),
+    register(StageKind("report", build_report, code_version="1",
+                       modules=("factory.report", "factory.gate", "factory.stats"),
                        description="write report.md and report.html"))
-    register(StageKind("package", build_package, modules=("factory.specialists",),
+    register(StageKind("package", build_package, code_version="1", modules=("factory.specialists",),
                        description="write artifact.json and the packaged specialist"))

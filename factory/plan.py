@@ -57,6 +57,13 @@ def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# The engine's own model code, which decides what a trained adapter or an eval record holds.
+_ENGINE_MODULES = {
+    "train": ("factory.ml.sft", "factory.ml.sft_worker", "factory.ml.lora", "factory.ml.text"),
+    "eval": ("factory.ml.generate", "factory.ml.text"),
+}
+
+
 def _module_of(obj: Any) -> str:
     return obj.__module__ if callable(obj) and hasattr(obj, "__module__") else type(obj).__module__
 
@@ -71,6 +78,7 @@ class Plan:
         self._keys: dict[str, str] = {}
         self._configs: dict[str, dict[str, Any]] = {}
         self.stages: dict[str, Stage] = {}
+        self._libs = numerics_versions()
         self._build()
 
     # --- the graph ---------------------------------------------------------
@@ -84,13 +92,15 @@ class Plan:
             where = os.path.relpath(path, self.root) if path else self.recipe.name
             raise FactoryError(f"{where}: {field}: {e}" if field else f"{where}: {e}") from None
 
-    def _code(self, kind: str, *modules: str) -> dict[str, Any]:
+    def _code(self, kind: str, *modules: str, libs: bool = False) -> dict[str, Any]:
         sk = self.regs.stages.get(kind)
         info = self.regs.plugin_of("stage", kind)
         ident = code_identity(sk, info.name if info else "", info.version if info else "")
         extra = sorted({m for m in modules if m})
         if extra:
             ident["modules"] = {m: module_ast_digest(m) for m in extra}
+        if libs:  # model stages: library upgrades change numbers
+            ident["libs"] = self._libs
         return ident
 
     def _plugin(self, kind: str, name: str) -> dict[str, str]:
@@ -119,7 +129,7 @@ class Plan:
     def _build(self) -> None:
         r = self.recipe
         fam_mod = _module_of(self.family)
-        fam = {"family": r.base.family, **self._plugin("family", r.base.family), "libs": numerics_versions()}
+        fam = {"family": r.base.family, **self._plugin("family", r.base.family)}
         add = self.stages.__setitem__
 
         add("breadth", self._data_stage("breadth", r.breadth))
@@ -128,18 +138,20 @@ class Plan:
                     "base": self._field("", self.family.resolve_base,
                                         {"model": r.base.model, "options": r.base.options}, self.root)}
         add("base", Stage("base", "base", base_cfg, {"breadth": Input(stage="breadth")},
-                          self._code("base", fam_mod), run_files=False))
+                          self._code("base", fam_mod, libs=True), run_files=False))
         trainer = self._field("train.method", self.family.trainer, r.train.method)
-        train_mods = [fam_mod, _module_of(trainer), *getattr(self.family, "code_modules", ())]
+        train_mods = [fam_mod, _module_of(trainer), *getattr(self.family, "code_modules", ()),
+                      *_ENGINE_MODULES["train"]]
         add("train", Stage("train", "train", {}, {
             "base": Input(stage="base"),
             "train": Input(stage="dataset", file="train.jsonl"),
             "heldout": Input(stage="dataset", file="heldout.jsonl"),
             "replay": Input(stage="breadth", file="train.jsonl"),
-        }, self._code("train", *train_mods)))
+        }, self._code("train", *train_mods, libs=True)))
 
         suites = [self._field("evals", self.regs.suites.get, s) for s in r.evals.suites()]
-        eval_mods = [fam_mod, *(_module_of(s) for s in suites), *getattr(self.family, "code_modules", ())]
+        eval_mods = [fam_mod, *(_module_of(s) for s in suites), *getattr(self.family, "code_modules", ()),
+                     *(m for s in suites for m in getattr(s, "code_modules", ())), *_ENGINE_MODULES["eval"]]
         device = "cuda" if cuda_available() else "cpu"
         for role in ("baseline", "candidate"):
             cfg = {
@@ -154,7 +166,7 @@ class Plan:
                       "breadth": Input(stage="breadth", file="heldout.jsonl")}
             if role == "candidate":
                 inputs["adapter"] = Input(stage="train")
-            add(f"eval-{role}", Stage(f"eval-{role}", "eval", cfg, inputs, self._code("eval", *eval_mods)))
+            add(f"eval-{role}", Stage(f"eval-{role}", "eval", cfg, inputs, self._code("eval", *eval_mods, libs=True)))
 
         add("decide", Stage("decide", "decide", {
             "primary": r.evals.primary, "regression": r.evals.regression,
@@ -201,8 +213,7 @@ class Plan:
         defaults = self.family.default_train_params(ctx) or {}
         cfg = _deep_merge(defaults, intent)
         cfg.update({"method": t.method, "seed": t.seed, "processes": t.processes, "device": device,
-                    "precision": t.precision, "family": self.recipe.base.family,
-                    "libs": numerics_versions()})
+                    "precision": t.precision, "family": self.recipe.base.family})
         return cfg
 
     def _upstream_file(self, stage: str, rel: str) -> Path:

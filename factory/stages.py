@@ -81,10 +81,10 @@ def code_identity(kind: StageKind, plugin: str = "", plugin_version: str = "") -
     ident: dict[str, Any] = {"plugin": plugin, "plugin_version": plugin_version}
     if kind.code_version is not None:
         ident["code_version"] = kind.code_version
-        return ident
-    module = getattr(kind.build, "__module__", None)
-    ident["module"] = module
-    ident["ast"] = module_ast_digest(module) if module else None
+    else:
+        module = getattr(kind.build, "__module__", None)
+        ident["module"] = module
+        ident["ast"] = module_ast_digest(module) if module else None
     if kind.modules:
         ident["modules"] = {m: module_ast_digest(m) for m in kind.modules}
     return ident
