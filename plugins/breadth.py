@@ -1,0 +1,179 @@
+"""The `breadth-mix` dataset source: a generated mixture of general skills.
+
+The breadth corpus is what the `tiny` family pretrains its base on, what LoRA
+training replays so a specialist keeps its general skills, and what the breadth
+eval suite samples its held-out rows from. Rows are generated from a seed, so
+the corpus needs no files: the same options always give the same rows, in the
+same order, with the same ids.
+
+Every row is {"id", "prompt", "answer", "skill"}, ASCII only, with a short
+answer (at most 40 characters) so that a small model can learn every skill.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import xxhash
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from factory.errors import FactoryError
+from factory.hookspecs import hookimpl
+
+__version__ = "1.0"
+
+# Small closed vocabularies: the model should learn the skill, not the lexicon.
+CATEGORIES: dict[str, tuple[str, ...]] = {
+    "animal": ("cat", "dog", "cow", "fox", "owl", "bee", "elk", "yak", "rat", "hen"),
+    "color": ("red", "blue", "gold", "pink", "gray", "teal", "tan", "jade"),
+    "fruit": ("fig", "kiwi", "lime", "plum", "pear", "date", "apple", "mango"),
+    "tool": ("saw", "axe", "pen", "hoe", "awl", "drill", "file", "rake"),
+}
+WORDS: tuple[str, ...] = tuple(w for ws in CATEGORIES.values() for w in ws)
+CATEGORY_OF: dict[str, str] = {w: c for c, ws in CATEGORIES.items() for w in ws}
+NAMES = ("ann", "bob", "cy", "dee", "eve", "fay", "gus", "hal", "ivy", "joe", "kim", "lou")
+CITIES = ("rome", "oslo", "lima", "kiev", "doha", "bern", "riga", "baku")
+KEYS = tuple("abcdefghjkmnpqrstuvwxyz")
+
+
+def _words(r: random.Random, low: int, high: int) -> list[str]:
+    return r.choices(WORDS, k=r.randint(low, high))
+
+
+def _copy(r: random.Random) -> tuple[str, str]:
+    words = _words(r, 1, 4)
+    return "copy: " + " ".join(words), " ".join(words)
+
+
+def _reverse(r: random.Random) -> tuple[str, str]:
+    words = _words(r, 2, 4)
+    return "reverse: " + " ".join(words), " ".join(reversed(words))
+
+
+def _lookup(r: random.Random) -> tuple[str, str]:
+    keys = r.sample(KEYS, r.randint(2, 4))
+    vals = _words(r, len(keys), len(keys))
+    pairs = " ".join(f"{k}={v}" for k, v in zip(keys, vals))
+    i = r.randrange(len(keys))
+    return f"lookup: {pairs} ? {keys[i]}", vals[i]
+
+
+def _record(r: random.Random) -> tuple[str, str]:
+    fields: list[tuple[str, Any]] = [("name", r.choice(NAMES)), ("age", r.randint(1, 99)), ("city", r.choice(CITIES))]
+    fields = r.sample(fields, r.randint(1, 3))
+    prompt = "json: " + " ".join(f"{k}={v}" for k, v in fields)
+    return prompt, json.dumps(dict(fields), sort_keys=True, separators=(",", ":"))
+
+
+def _count(r: random.Random) -> tuple[str, str]:
+    words = _words(r, 1, 6)
+    return "count: " + " ".join(words), str(len(words))
+
+
+def _tag(r: random.Random) -> tuple[str, str]:
+    words = _words(r, 1, 4)
+    return "tag: " + " ".join(words), " ".join(CATEGORY_OF[w] for w in words)
+
+
+def _sort(r: random.Random) -> tuple[str, str]:
+    digits = r.choices("0123456789", k=r.randint(2, 5))
+    return "sort: " + " ".join(digits), " ".join(sorted(digits))
+
+
+def _upper(r: random.Random) -> tuple[str, str]:
+    words = _words(r, 1, 3)
+    return "upper: " + " ".join(words), " ".join(words).upper()
+
+
+SKILLS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
+    "copy": _copy,
+    "reverse": _reverse,
+    "lookup": _lookup,
+    "json": _record,
+    "count": _count,
+    "tag": _tag,
+    "sort": _sort,
+    "upper": _upper,
+}
+
+
+class BreadthOptions(BaseModel):
+    """Options of a `breadth-mix` source (recipe: breadth.sources[i].options)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rows: int = Field(20000, ge=1, le=1_000_000, description="number of distinct rows to generate")
+    seed: int = Field(0, description="generator seed; the same seed gives the same rows")
+    skills: list[str] = Field(
+        default_factory=lambda: list(SKILLS), description="skills to mix, in equal shares (default: all)"
+    )
+
+
+def parse_options(options: dict[str, Any] | None) -> BreadthOptions:
+    try:
+        opts = BreadthOptions.model_validate(options or {})
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise FactoryError(f"breadth-mix: options.{loc}: {first['msg']}") from None
+    unknown = [s for s in opts.skills if s not in SKILLS]
+    if unknown or not opts.skills:
+        raise FactoryError(
+            f"breadth-mix: options.skills: unknown {unknown or 'empty list'}; known skills: {', '.join(SKILLS)}"
+        )
+    return opts
+
+
+def row_id(skill: str, prompt: str, answer: str) -> str:
+    """A stable id derived from the row's content."""
+    return f"{skill}-" + xxhash.xxh3_64_hexdigest(f"{skill}\0{prompt}\0{answer}".encode())
+
+
+def generate(rows: int = 20000, seed: int = 0, skills: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Yield `rows` distinct rows, skills taking turns, deterministically from `seed`.
+
+    Each skill draws from its own generator (seeded from `seed` and the skill's
+    name), so adding a skill leaves the rows of the others unchanged.
+    """
+    names = list(skills or SKILLS)
+    rngs = {s: random.Random(f"breadth-mix:{seed}:{s}") for s in names}
+    seen: set[str] = set()
+    misses = 0
+    produced = 0
+    turn = 0
+    while produced < rows:
+        skill = names[turn % len(names)]
+        prompt, answer = SKILLS[skill](rngs[skill])
+        rid = row_id(skill, prompt, answer)
+        if rid in seen:  # the split is by content: a duplicate would leak across it
+            misses += 1
+            if misses > 100 * rows + 1000:
+                raise FactoryError(f"breadth-mix: options.rows: {rows} distinct rows are more than the skills can make")
+            continue
+        seen.add(rid)
+        produced += 1
+        turn += 1
+        yield {"id": rid, "prompt": prompt, "answer": answer, "skill": skill}
+
+
+class BreadthMix:
+    """Dataset source `breadth-mix`: rows generated from options {rows, seed, skills}."""
+
+    name = "breadth-mix"
+    version = __version__
+
+    def files(self, spec: dict[str, Any], root: Path) -> list[Path]:
+        parse_options(spec.get("options"))  # fail at plan time, not at build time
+        return []
+
+    def read(self, spec: dict[str, Any], root: Path) -> Iterator[dict[str, Any]]:
+        opts = parse_options(spec.get("options"))
+        return generate(opts.rows, opts.seed, opts.skills)
+
+
+@hookimpl
+def register_dataset_sources(register):
+    register(BreadthMix())
