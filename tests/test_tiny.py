@@ -1,0 +1,192 @@
+"""The tiny model family: a base built from the breadth corpus, loadable and trainable like any checkpoint."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from factory.errors import FactoryError
+from factory.interfaces import TrainDefaultsContext
+from factory_plugins.breadth import generate
+from factory_plugins.tiny.family import LORA_TARGETS, TEMPLATE, TinyFamily, format_prompt
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = {"steps": 30, "batch_size": 16, "eval_rows": 16}
+
+
+def write_corpus(d: Path, rows: int = 600) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    all_rows = list(generate(rows, seed=0))
+    with open(d / "train.jsonl", "w") as tr, open(d / "heldout.jsonl", "w") as ho:
+        for i, r in enumerate(all_rows):
+            (ho if i % 10 == 0 else tr).write(json.dumps(r) + "\n")
+    return d
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("breadth"))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, corpus):
+    """The same small base built twice from the same corpus and options."""
+    from factory_plugins.tiny.pretrain import build
+
+    outs = []
+    for name in ("a", "b"):
+        out = tmp_path_factory.mktemp(name)
+        build(corpus, out, SMALL, log=lambda s: None)
+        outs.append(out)
+    return outs
+
+
+def test_importing_the_plugin_does_not_import_torch():
+    code = (
+        "import sys, factory_plugins.tiny, factory_plugins.breadth\n"
+        "from factory_plugins.tiny import TinyFamily\n"
+        "TinyFamily().resolve_base({'model': 'tiny-llama', 'options': {}}, None)\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'tokenizers') if m in sys.modules]\n"
+        "print(heavy); sys.exit(1 if heavy else 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_resolve_base_fills_defaults_and_keys_on_options():
+    fam = TinyFamily()
+    cfg = fam.resolve_base({"model": "tiny-llama", "options": {}}, REPO)
+    assert cfg["options"]["hidden_size"] == 128 and cfg["options"]["layers"] == 2 and cfg["options"]["heads"] == 4
+    assert cfg["options"]["max_positions"] == 256 and cfg["options"]["vocab_size"] == 512
+    assert cfg["template"] == TEMPLATE
+    other = fam.resolve_base({"model": "tiny-llama", "options": {"steps": 10}}, REPO)
+    assert other != cfg and other["options"]["steps"] == 10
+
+
+@pytest.mark.parametrize(
+    "spec, needle",
+    [
+        ({"model": "tiny-llama", "options": {"stepz": 10}}, "base.options.stepz: unknown option"),
+        ({"model": "tiny-llama", "options": {"lr": -1}}, "base.options.lr:"),
+        ({"model": "tiny-llama", "options": {"hidden_size": 130}}, "base.options:"),
+        ({"model": "huge-llama", "options": {}}, "base.model:"),
+    ],
+)
+def test_bad_base_spec_is_a_one_line_error_naming_the_field(spec, needle):
+    with pytest.raises(FactoryError) as e:
+        TinyFamily().resolve_base(spec, REPO)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_training_method_lists_the_methods():
+    with pytest.raises(FactoryError, match="sft-lora"):
+        TinyFamily().trainer("dpo")
+
+
+def test_default_train_params_are_accepted_by_the_trainer():
+    from factory.ml.sft import parse_params
+
+    ctx = TrainDefaultsContext(method="sft-lora", train_rows=1000, heldout_rows=250, device="cpu", processes=1, intent={})
+    params = TinyFamily().default_train_params(ctx)
+    assert params["steps"] == 500 and params["lr"] == 5e-3 and params["replay"] == 0.25
+    parsed = parse_params(params)
+    assert parsed.lora.r == 16 and parsed.lora.alpha == 32 and set(parsed.lora.target_modules) == set(LORA_TARGETS)
+    big = TinyFamily().default_train_params(
+        TrainDefaultsContext(method="sft-lora", train_rows=8000, heldout_rows=0, device="cpu", processes=1, intent={})
+    )
+    assert params["steps"] < big["steps"] <= 1500
+
+
+def test_tokenizer_round_trips_rows_and_has_distinct_special_tokens(corpus):
+    from factory_plugins.tiny.pretrain import read_rows, train_tokenizer
+
+    rows = read_rows(corpus / "train.jsonl")
+    tok = train_tokenizer(rows, 512)
+    assert len(tok) <= 512
+    assert tok.eos_token_id != tok.pad_token_id
+    texts = [format_prompt(r["prompt"]) + r["answer"] for r in read_rows(corpus / "heldout.jsonl")]
+    texts += ['{"age":42,"city":"oslo"} 0123456789', "Unseen words: zebra, quartz!"]
+    for text in texts:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == text
+    digits = tok("sort: 31 7", add_special_tokens=False)["input_ids"]
+    assert [tok.decode([i]) for i in digits][-4:] == ["3", "1", " ", "7"]  # digits stay single
+
+
+def test_packed_batches_compute_the_same_loss_as_one_row_per_example(built):
+    import torch
+    import torch.nn.functional as F
+
+    from factory.ml.text import encode_example
+    from factory_plugins.tiny.pretrain import collate_packed
+
+    lm = TinyFamily().load(built[0], None, {})
+    rows = list(generate(24, seed=5))
+    examples = [encode_example(lm, r["prompt"], r["answer"], 256) for r in rows]
+    batch = collate_packed(examples, lm.pad_token_id, width=64)
+    assert batch["input_ids"].shape[0] < len(examples)  # several examples share a row
+    with torch.no_grad():
+        logits = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          position_ids=batch["position_ids"]).logits
+        packed = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), reduction="sum")
+        single = 0.0
+        for e in examples:
+            ids = torch.tensor([e.ids])
+            labels = torch.where(torch.tensor(e.loss_mask), ids[0], -100)
+            single += F.cross_entropy(lm.model(input_ids=ids).logits[0, :-1], labels[1:], reduction="sum")
+    assert torch.allclose(packed, single, rtol=1e-5)
+
+
+def test_build_is_deterministic(built):
+    a, b = built
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_build_writes_a_loadable_checkpoint_and_its_record(built):
+    from factory.ml.generate import generate as greedy
+    from factory.records import TrainLogLine
+
+    out = built[0]
+    info = json.loads((out / "base.json").read_text())
+    assert info["family"] == "tiny" and info["model"] == "tiny-llama" and info["template"] == TEMPLATE
+    assert info["pretrain"]["steps"] == 30 and info["pretrain"]["seconds"] > 0
+    assert info["heldout_breadth"]["n"] == 16 and 0 <= info["heldout_breadth"]["exact_match"] <= 1
+    lines = [TrainLogLine.model_validate_json(l) for l in (out / "pretrain.log").read_text().splitlines()]
+    assert lines[-1].step == 30
+    lm = TinyFamily().load(out, None, {"device": "cpu"})
+    assert not lm.model.training and lm.format_prompt("x") == format_prompt("x")
+    assert lm.eos_token_id == lm.tokenizer.eos_token_id and lm.model.config.tie_word_embeddings
+    (text,) = greedy(lm, ["copy: cat dog"], max_new_tokens=8)
+    assert isinstance(text, str)
+
+
+def test_missing_breadth_split_is_a_factory_error(tmp_path):
+    from factory_plugins.tiny.pretrain import build
+
+    with pytest.raises(FactoryError, match="train.jsonl"):
+        build(tmp_path, tmp_path / "out", SMALL)
+
+
+def test_registered_through_the_plugin_hook():
+    from factory.plugins import load
+
+    regs = load(only=["factory_plugins.tiny"])
+    assert isinstance(regs.families.get("tiny"), TinyFamily)
+
+
+@pytest.mark.slow
+def test_default_base_learns_the_breadth_skills(tmp_path):
+    """The default schedule on the default 20,000-row corpus clears 80% held-out exact match."""
+    from factory_plugins.tiny.pretrain import build
+
+    corpus = tmp_path / "breadth"
+    corpus.mkdir()
+    rows = list(generate(20000, seed=0))
+    with open(corpus / "train.jsonl", "w") as tr, open(corpus / "heldout.jsonl", "w") as ho:
+        for i, r in enumerate(rows):
+            (ho if i % 20 == 0 else tr).write(json.dumps(r) + "\n")
+    info = build(corpus, tmp_path / "base", {}, log=lambda s: None)
+    assert info["heldout_breadth"]["exact_match"] >= 0.8
