@@ -84,22 +84,30 @@ def _generate_batch(model: Any, seqs: list[list[int]], lm: Any, max_new: int, ct
     position = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, logits_to_keep=1)
     past = out.past_key_values
+    can_shrink = hasattr(past, "batch_select_indices")
     stop_t = torch.tensor(sorted(stops), device=ids.device)
-    done = limit <= 0
+    rows = torch.arange(n, device=ids.device)  # original row of each live batch entry
     produced: list[list[int]] = [[] for _ in range(n)]
     step = 0
     next_pos = lengths.clone()
+    done = limit <= 0
     while True:
         nxt = out.logits[:, -1, :].argmax(-1)
         is_stop = torch.isin(nxt, stop_t)
         for r in torch.nonzero(~done & ~is_stop).flatten().tolist():
-            produced[r].append(int(nxt[r]))
+            produced[int(rows[r])].append(int(nxt[r]))
         step += 1
         done = done | is_stop | (step >= limit)
         if bool(done.all()):
             break
+        # Drop finished rows once a quarter of the batch is idle: a few long answers then no
+        # longer drag the whole batch through every step.
+        if can_shrink and int(done.sum()) * 4 >= len(rows):
+            keep = torch.nonzero(~done).flatten()
+            past.batch_select_indices(keep)
+            rows, nxt, mask, next_pos, limit, done = (t[keep] for t in (rows, nxt, mask, next_pos, limit, done))
         nxt = torch.where(done, torch.full_like(nxt, int(lm.pad_token_id)), nxt)
-        mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=mask.device)], dim=1)
+        mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=mask.device)], dim=1)
         out = model(
             input_ids=nxt[:, None],
             attention_mask=mask,
