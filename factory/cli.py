@@ -14,7 +14,7 @@ from factory.errors import FactoryError
 
 
 def _root() -> Path:
-    from factory.engine import find_root
+    from factory.project import find_root
 
     return find_root()
 

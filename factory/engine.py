@@ -22,21 +22,10 @@ from typing import Any
 from factory import plugins
 from factory.errors import FactoryError
 from factory.plan import NotBuilt, Plan
+from factory.project import find_root  # noqa: F401 - re-exported for callers of the engine
 from factory.recipe import Recipe, load_recipe
 from factory.stages import BuildContext
 from factory.store import Store
-
-
-def find_root(start: Path | None = None) -> Path:
-    """The project root: FACTORY_ROOT, else the nearest directory above holding recipes/ or dodo.py."""
-    env = os.environ.get("FACTORY_ROOT")
-    if env:
-        return Path(env).resolve()
-    here = (start or Path.cwd()).resolve()
-    for d in (here, *here.parents):
-        if (d / "recipes").is_dir() or (d / "dodo.py").exists():
-            return d
-    return here
 
 
 def utc_now() -> str:

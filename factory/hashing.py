@@ -19,6 +19,8 @@ from typing import Any
 
 import xxhash
 
+from factory.fastpath import note
+
 WINDOW = 64 << 20  # bytes mapped at a time: bounds resident memory while hashing
 SMALL = 1 << 20  # below this a plain read is cheaper than setting up a map
 RACY_NS = 20_000_000  # an mtime this close to the hashing time may hide a same-tick write
@@ -70,6 +72,7 @@ class StatCache:
 
     def digest(self, path: str | os.PathLike) -> str:
         p = os.path.abspath(path)
+        note(p)
         st = os.stat(p)
         entry = self.entries.get(p)
         if entry is not None:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from factory import hashing
 from factory.errors import FactoryError
+from factory.fastpath import cuda_available
 from factory.interfaces import TrainDefaultsContext
 from factory.recipe import DataSpec, Recipe
 from factory.stages import Input, Stage, code_identity, module_ast_digest, stage_key
@@ -28,13 +28,6 @@ from factory.store import Store
 
 class NotBuilt(Exception):
     """An upstream stage is not in the store yet, so this key cannot be known."""
-
-
-def cuda_available() -> bool:
-    """Whether a CUDA device is present, without importing torch."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    return os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi") is not None
 
 
 def numerics_versions() -> dict[str, str | None]:

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from factory.errors import FactoryError
+from factory.fastpath import note
 
 
 class Strict(BaseModel):
@@ -110,6 +111,7 @@ def load_recipe(path: Path, root: Path) -> Recipe:
         rel = path.resolve().relative_to(root.resolve())
     except ValueError:
         rel = path
+    note(path)
     try:
         text = path.read_text()
     except OSError as e:

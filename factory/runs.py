@@ -23,6 +23,7 @@ from typing import Any
 
 from factory import hashing
 from factory.errors import FactoryError
+from factory.fastpath import note
 from factory.store import link_outputs
 
 RUN_STAGE_FILES = {"dataset", "train", "eval-baseline", "eval-candidate", "decide", "report", "package"}
@@ -54,6 +55,8 @@ def find_run(root: Path, recipe: str, key: str) -> Path | None:
         return None
     for d in sorted(runs.glob(f"*-{recipe}-{key[:8]}")):
         if (d / "run_manifest.json").exists() and (d / "decision.json").exists():
+            note(d / "run_manifest.json")
+            note(d / "decision.json")
             return d
     return None
 

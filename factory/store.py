@@ -29,6 +29,7 @@ from typing import Any, Iterator
 
 from factory import hashing
 from factory.errors import FactoryError
+from factory.fastpath import note
 
 
 @dataclass
@@ -74,8 +75,10 @@ class Store:
         return self.stages / f"{key}.json"
 
     def manifest(self, key: str) -> dict[str, Any] | None:
+        path = self.manifest_path(key)
+        note(path)
         try:
-            return json.loads(self.manifest_path(key).read_text())
+            return json.loads(path.read_text())
         except FileNotFoundError:
             return None
         except ValueError:

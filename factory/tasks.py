@@ -3,46 +3,85 @@
 `doit recipe:<name>` builds a recipe; each of its stages is a task
 `stage:<name>.<stage>` whose up-to-date check asks the store (see
 factory.engine), so doit's own database is a convenience, never the truth.
+
+A recipe whose run is complete and whose every input file still has the
+stats it had then is up to date without loading the engine at all (see
+factory.fastpath): listing tasks and a no-op build cost little more than doit.
 """
 
 from __future__ import annotations
 
 import atexit
 import sys
+from typing import Any
 
 from doit.exceptions import TaskFailed
 
-from factory import hashing
-from factory.engine import Session, find_root
-from factory.errors import FactoryError
-from factory.recipe import recipe_files
+from factory import fastpath
+from factory.project import find_root
 
 DOIT_CONFIG = {
     "backend": "sqlite3",  # atomic, unlike the dbm.dumb fallback
     "dep_file": "cache/doit.sqlite3",
     "verbosity": 2,
-    }
+}
 
-_session: Session | None = None
-
+ROOT = find_root()
 # doit opens its database before it asks for tasks, so its folder must exist first.
-(find_root() / "cache").mkdir(exist_ok=True)
+(ROOT / "cache").mkdir(exist_ok=True)
+
+_session = None
+_graphs: list[tuple[str, dict[str, Any] | None, str | None, bool]] | None = None
 
 
-def session() -> Session:
+def session():
+    from factory import hashing
+    from factory.engine import Session
+
     global _session
     if _session is None:
-        _session = Session(find_root())
-        (_session.root / "cache").mkdir(exist_ok=True)
+        _session = Session(ROOT)
         atexit.register(lambda: hashing.stat_cache().save())
     return _session
+
+
+def _save_stat_cache() -> None:
+    if _session is not None:
+        from factory import hashing
+
+        hashing.stat_cache().save()
 
 
 def _fail(message: str) -> TaskFailed:
     return TaskFailed(message)
 
 
+def _graph(plan) -> dict[str, Any]:
+    goal = plan.recipe.goal.strip()
+    return {
+        "doc": goal.splitlines()[0] if goal else f"build {plan.recipe.name}",
+        "stages": [[name, st.kind, st.upstream()] for name, st in plan.stages.items()],
+    }
+
+
+def _remember(recipe: str) -> None:
+    """Record what the recipe's complete, up-to-date run rests on, for the next no-op."""
+    s = session()
+    plan = s.plan(recipe)
+    paths = set(fastpath.TOUCHED)
+    for name in plan.order():
+        key = plan.key(name)
+        paths.add(str(s.store.manifest_path(key)))
+        man = s.store.manifest(key) or {"outputs": {}}
+        paths.update(str(s.store.object_path(e["digest"])) for e in man["outputs"].values())
+    tops = {"factory", "factory_plugins"} | {p.name.split(".", 1)[0] for p in s.regs.plugins}
+    paths |= fastpath.module_files(tops)
+    fastpath.record(ROOT, recipe, paths, _graph(plan))
+
+
 def _stage_uptodate(recipe: str, stage: str) -> bool:
+    from factory.errors import FactoryError
+
     try:
         return session().stage_uptodate(recipe, stage)
     except FactoryError as e:
@@ -51,33 +90,42 @@ def _stage_uptodate(recipe: str, stage: str) -> bool:
 
 
 def _run_stage(recipe: str, stage: str):
+    from factory.errors import FactoryError
+
+    fastpath.forget(ROOT, recipe)
     try:
         session().run_stage(recipe, stage)
     except FactoryError as e:
         return TaskFailed(f"{recipe}/{stage}: {e}")
     finally:
-        hashing.stat_cache().save()
+        _save_stat_cache()
     return None
 
 
 def _run_uptodate(recipe: str) -> bool:
+    from factory.errors import FactoryError
     from factory.runs import run_uptodate
 
     try:
-        return run_uptodate(session(), recipe)
+        ok = run_uptodate(session(), recipe)
     except FactoryError:
         return False
+    if ok:
+        _remember(recipe)
+    return ok
 
 
 def _finish(recipe: str):
+    from factory.errors import FactoryError
     from factory.runs import finish_run
 
     try:
         run_dir = finish_run(session(), recipe)
+        _remember(recipe)
     except FactoryError as e:
         return TaskFailed(f"{recipe}: {e}")
     finally:
-        hashing.stat_cache().save()
+        _save_stat_cache()
     _print_summary(run_dir)
     return None
 
@@ -93,47 +141,55 @@ def _print_summary(run_dir) -> None:
     print(f"run directory: {run_dir}")
 
 
-def _plans():
-    s = session()
-    for path in recipe_files(s.root):
-        name = path.stem
-        try:
-            yield name, s.plan(name), None
-        except FactoryError as e:
-            yield name, None, str(e)
+def _recipes() -> list[tuple[str, dict[str, Any] | None, str | None, bool]]:
+    """(name, task graph, error, fast) for every recipe file, loading the engine only when needed."""
+    global _graphs
+    if _graphs is None:
+        _graphs = []
+        for path in sorted((ROOT / "recipes").glob("*.yaml")):
+            name = path.stem
+            graph = fastpath.check(ROOT, name)
+            if graph is not None:
+                _graphs.append((name, graph, None, True))
+                continue
+            from factory.errors import FactoryError
+
+            try:
+                _graphs.append((name, _graph(session().plan(name)), None, False))
+            except FactoryError as e:
+                _graphs.append((name, None, str(e), False))
+    return _graphs
 
 
 def task_recipe():
     """Build a recipe end to end: dataset, training, both evals, the gate, the report and the package."""
-    for name, plan, error in _plans():
+    for name, graph, error, fast in _recipes():
         # A top-level task per recipe, so a plain `doit list` shows every recipe:<name>.
         if error is not None:
             yield {"basename": f"recipe:{name}", "doc": f"INVALID: {error}", "actions": [(_fail, [error])],
                    "uptodate": [False]}
             continue
-        goal = plan.recipe.goal.strip().splitlines()[0] if plan.recipe.goal.strip() else f"build {name}"
         yield {
             "basename": f"recipe:{name}",
-            "doc": goal,
+            "doc": graph["doc"],
             "actions": [(_finish, [name])],
-            "task_dep": [f"stage:{name}.{s}" for s in plan.order()],
-            "uptodate": [(_run_uptodate, [name])],
+            "task_dep": [f"stage:{name}.{s}" for s, _, _ in graph["stages"]],
+            "uptodate": [True] if fast else [(_run_uptodate, [name])],
             "verbosity": 2,
         }
 
 
 def task_stage():
     """One stage of a recipe (`doit recipe:<name>` runs them all, in order)."""
-    for name, plan, error in _plans():
+    for name, graph, error, fast in _recipes():
         if error is not None:
             continue
-        for stage_name, st in plan.stages.items():
+        for stage_name, kind, upstream in graph["stages"]:
             yield {
                 "name": f"{name}.{stage_name}",
-                "doc": f"{st.kind} stage of {name}",
+                "doc": f"{kind} stage of {name}",
                 "actions": [(_run_stage, [name, stage_name])],
-                "task_dep": [f"stage:{name}.{u}" for u in st.upstream()],
-                "uptodate": [(_stage_uptodate, [name, stage_name])],
+                "task_dep": [f"stage:{name}.{u}" for u in upstream],
+                "uptodate": [True] if fast else [(_stage_uptodate, [name, stage_name])],
                 "verbosity": 2,
             }
-

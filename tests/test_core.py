@@ -240,3 +240,19 @@ def test_doit_list_and_help_never_import_torch(tmp_path):
     r = subprocess.run([sys.executable, "-m", "factory.cli", "plugins"], cwd=REPO, env=env, capture_output=True,
                        text=True)
     assert "must not be imported" not in r.stdout + r.stderr
+
+
+def test_noop_rests_on_file_stats_alone(project):
+    """A no-op build loads neither pydantic nor the plugins: stats of the recorded inputs suffice."""
+    project.doit("recipe:demo")
+    project.reset_builds()
+    r = project.doit("recipe:demo", PYTHONPROFILEIMPORTTIME="1")
+    assert "-- recipe:demo" in r.stdout and project.builds() == []
+    imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time")}
+    assert "factory.tasks" in imported
+    assert not imported & {"pydantic", "enginekit", "factory.plan", "factory.engine", "torch"}, imported & {"pydantic", "enginekit", "factory.plan", "factory.engine", "torch"}
+    # Any recorded input that moves sends the check back through the store.
+    data = project.root / "recipes" / "demo" / "lines.txt"
+    data.write_text(data.read_text() + "line 50\n")
+    project.doit("recipe:demo")
+    assert project.builds()[0] == "dataset"
