@@ -149,7 +149,10 @@ def make_runs(dest: Path, n: int, seed: int = 0, incomplete_every: int = 97, sta
         (run / "adapter").mkdir(exist_ok=True)
         files: dict[str, str] = {}
 
-        # how good the candidate is: more steps and a sane lr help; no replay costs breadth
+        # how good the candidate is: more steps and a sane lr help; no replay costs breadth.
+        # Everything downstream of training is a function of the train key, as in a real build.
+        r_seed = r
+        r = random.Random(keys["train"])
         lr_fit = -abs(math.log10(lr) - math.log10(3e-3))
         ability = 1.6 + 0.9 * math.log10(steps / 150) + 0.9 * lr_fit + r.gauss(0, 0.15)
         breadth_cost = (0.9 if replay == 0 else 0.02 / replay) * (lr / 3e-3) ** 0.5 * (steps / 500)
@@ -257,6 +260,7 @@ def make_runs(dest: Path, n: int, seed: int = 0, incomplete_every: int = 97, sta
                    "seconds": round(r.uniform(20, 90), 2), "settings": {"batch_size": 64, "max_new_tokens": 96}}
             files[f"eval-{role}.json"] = _digest(_dump(run / f"eval-{role}.json", rec))
 
+        r = r_seed
         # --- decision.json, from the criteria
         pb, pc = bl[primary][1]["value"], cand[primary][1]["value"]
         bb, bc = bl["breadth"][1]["value"], cand["breadth"][1]["value"]

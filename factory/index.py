@@ -34,7 +34,7 @@ from factory.errors import FactoryError
 
 INDEX_FILE = "index.duckdb"
 PENDING_FILE = ".index-pending"
-INDEX_SCHEMA = "1"
+INDEX_SCHEMA = "2"
 # Files written for DuckDB 2.x readers and 1.x readers alike.
 STORAGE_COMPAT = "v1.0.0"
 RECORD_FILES = (
@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS runs (
     decision VARCHAR, reason VARCHAR, next_action VARCHAR, shipped BOOLEAN,
     train_seconds DOUBLE, final_loss DOUBLE, best_heldout_loss DOUBLE, tokens_per_s DOUBLE,
     eval_baseline_seconds DOUBLE, eval_candidate_seconds DOUBLE, build_seconds DOUBLE,
-    train_rows INTEGER, heldout_rows INTEGER, dropped_rows INTEGER, path VARCHAR
+    train_rows INTEGER, heldout_rows INTEGER, dropped_rows INTEGER, path VARCHAR,
+    primary_baseline DOUBLE, primary_candidate DOUBLE, breadth_baseline DOUBLE, breadth_candidate DOUBLE
 );
 CREATE TABLE IF NOT EXISTS criteria (
     run_id VARCHAR, name VARCHAR, metric VARCHAR, threshold DOUBLE, threshold_text VARCHAR,
@@ -97,18 +98,12 @@ CREATE OR REPLACE VIEW eval_samples AS
     SELECT e.run_id, e.suite, e.role, s.sample_id, s.expected, s.output, s.correct, s.skill
     FROM evals e JOIN sample_sets s USING (samples_digest);
 CREATE OR REPLACE VIEW run_summary AS
-    SELECT r.run_id, r.recipe, r.created, r.method, r.lr, r.steps, r.replay,
-           r.primary_suite,
-           pb.score AS primary_baseline, pc.score AS primary_candidate,
-           r.regression_suites[1] AS breadth_suite,
-           bb.score AS breadth_baseline, bc.score AS breadth_candidate,
-           round((bc.score - bb.score) * 100, 2) AS breadth_delta_pp,
-           r.decision, r.reason
-    FROM runs r
-    LEFT JOIN evals pb ON pb.run_id = r.run_id AND pb.role = 'baseline' AND pb.suite = r.primary_suite
-    LEFT JOIN evals pc ON pc.run_id = r.run_id AND pc.role = 'candidate' AND pc.suite = r.primary_suite
-    LEFT JOIN evals bb ON bb.run_id = r.run_id AND bb.role = 'baseline' AND bb.suite = r.regression_suites[1]
-    LEFT JOIN evals bc ON bc.run_id = r.run_id AND bc.role = 'candidate' AND bc.suite = r.regression_suites[1];
+    SELECT run_id, recipe, created, method, lr, steps, replay, primary_suite,
+           primary_baseline, primary_candidate, regression_suites[1] AS breadth_suite,
+           breadth_baseline, breadth_candidate,
+           round((breadth_candidate - breadth_baseline) * 100, 2) AS breadth_delta_pp,
+           decision, reason
+    FROM runs;
 """
 RUN_TABLES = ("runs", "criteria", "evals", "eval_scores", "eval_skills", "train_log", "stages", "ingested")
 
@@ -165,7 +160,7 @@ INSERT INTO runs SELECT
     t.j.seconds, t.j.final_loss, t.j.best_heldout_loss, t.j.tokens_per_s,
     eb.j.seconds, ec.j.seconds, NULL,
     s.j.counts.train_rows, s.j.counts.heldout_rows, s.j.counts.dropped_rows,
-    p.path
+    p.path, NULL, NULL, NULL, NULL
 FROM paths p JOIN d_cfg c ON c.run_id = p.run_id
 LEFT JOIN d_man m ON m.run_id = p.run_id LEFT JOIN d_dec d ON d.run_id = p.run_id
 LEFT JOIN d_tr t ON t.run_id = p.run_id LEFT JOIN d_ds s ON s.run_id = p.run_id
@@ -220,6 +215,21 @@ SELECT run_id, j.stage, j.kind, j.key, j.status, TRY_CAST(TRY_CAST(j."start" AS 
     SELECT run_id, json_transform(line, '{"stage":"VARCHAR","kind":"VARCHAR","key":"VARCHAR","status":"VARCHAR",
             "start":"VARCHAR","end":"VARCHAR","seconds":"DOUBLE","host":"VARCHAR","error":"VARCHAR"}') AS j
     FROM (SELECT run_id, unnest(string_split(content, chr(10))) AS line FROM {src}) WHERE trim(line) <> '')
+"""
+
+# The scores run_summary shows are kept on the run row: the view is read far more often than written.
+_SUMMARY_SQL = """
+UPDATE runs SET primary_baseline = x.pb, primary_candidate = x.pc, breadth_baseline = x.bb, breadth_candidate = x.bc
+FROM (
+    SELECT r.run_id,
+        max(e.score) FILTER (WHERE e.role = 'baseline' AND e.suite = r.primary_suite) AS pb,
+        max(e.score) FILTER (WHERE e.role = 'candidate' AND e.suite = r.primary_suite) AS pc,
+        max(e.score) FILTER (WHERE e.role = 'baseline' AND e.suite = r.regression_suites[1]) AS bb,
+        max(e.score) FILTER (WHERE e.role = 'candidate' AND e.suite = r.regression_suites[1]) AS bc
+    FROM runs r JOIN evals e ON e.run_id = r.run_id
+    WHERE r.run_id IN (SELECT run_id FROM paths)
+    GROUP BY r.run_id) x
+WHERE runs.run_id = x.run_id
 """
 
 _BUILD_SECONDS_SQL = """
@@ -417,6 +427,7 @@ def _ingest(con, runs_dir: Path, runs: dict[str, tuple[Path, str]], digests: dic
     con.execute(_CRITERIA_SQL)
     con.execute(_SUITES_SQL)
     con.execute(_EVALS_SQL)
+    con.execute(_SUMMARY_SQL)
     con.execute(_SCORES_SQL.format(table="eval_scores", column="scores"))
     con.execute(_SCORES_SQL.format(table="eval_skills", column="per_skill"))
     con.execute(_TRAIN_LOG_SQL.replace("{src}", _source(runs_dir, runs, "train.log")))
