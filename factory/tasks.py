@@ -66,9 +66,14 @@ def _graph(plan) -> dict[str, Any]:
 
 def _remember(recipe: str) -> None:
     """Record what the recipe's complete, up-to-date run rests on, for the next no-op."""
+    from factory.runs import find_run, run_key, stage_keys
+
     s = session()
     plan = s.plan(recipe)
-    paths = set(fastpath.TOUCHED)
+    run = find_run(ROOT, recipe, run_key(stage_keys(s, recipe)))
+    if run is None:
+        return
+    paths = set(fastpath.TOUCHED) | {str(run / "decision.json"), str(run / "run_manifest.json")}
     for name in plan.order():
         key = plan.key(name)
         paths.add(str(s.store.manifest_path(key)))
