@@ -1,0 +1,84 @@
+"""End to end on the embedded tiny model: real pretraining, LoRA training, evaluation and the gate.
+
+Slow (minutes on two cores); deselected by default and run by CI with `pytest -m slow`.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def clean_project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    shutil.copytree(REPO / "recipes", root / "recipes")
+    shutil.copy(REPO / "dodo.py", root / "dodo.py")
+    return root
+
+
+def doit(root, *args):
+    env = {k: v for k, v in os.environ.items() if k not in ("FACTORY_LOAD_PLUGINS", "FACTORY_ROOT",
+                                                         "FACTORY_INVOCATION")}
+    r = subprocess.run([sys.executable, "-m", "doit", *args], cwd=root, env=env, capture_output=True, text=True,
+                       timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def run_dir(root, recipe):
+    (d,) = [p for p in (root / "runs").iterdir() if p.name.split("-", 3)[-1].rsplit("-", 1)[0] == recipe]
+    return d
+
+
+def events(run):
+    return {e["stage"]: e for e in map(json.loads, (run / "events.jsonl").read_text().splitlines())}
+
+
+def test_quick_recipe_from_a_clean_store_reworks_with_evidence(clean_project):
+    from factory.records import read_record
+    from factory.validate import validate_run
+
+    doit(clean_project, "recipe:pace-planner-quick")
+    run = run_dir(clean_project, "pace-planner-quick")
+    for name in ("config.json", "dataset.json", "train.log", "train.json", "eval-baseline.json",
+                 "eval-candidate.json", "report.md", "report.html", "artifact.json", "decision.json",
+                 "run_manifest.json", "events.jsonl"):
+        assert (run / name).is_file(), name
+    assert validate_run(run) == []
+    decision = read_record(run / "decision.json")
+    assert decision.decision == "rework", decision.reason
+    assert "train." in (decision.next_action or "")
+    failed = [c for c in decision.criteria if not c.passed]
+    assert failed, "a rework names the criteria that failed"
+    assert all(e["status"] == "built" for e in events(run).values())
+
+
+def test_flagship_reuses_base_data_and_baseline_and_ships(clean_project):
+    from factory.records import read_record
+    from factory.validate import validate_run
+
+    doit(clean_project, "recipe:pace-planner")
+    run = run_dir(clean_project, "pace-planner")
+    ev = events(run)
+    for stage in ("breadth", "dataset", "base", "eval-baseline"):
+        assert ev[stage]["status"] == "hit", (stage, ev[stage])
+    for stage in ("train", "eval-candidate", "decide"):
+        assert ev[stage]["status"] == "built", (stage, ev[stage])
+    assert validate_run(run) == []
+    decision = read_record(run / "decision.json")
+    assert decision.decision == "ship", decision.reason
+    assert (run / "specialist" / "adapter_model.safetensors").exists() or any(
+        (clean_project / "specialists").glob("*/adapter_model.safetensors"))
+    # A second build changes nothing and writes nothing.
+    before = sorted(p.name for p in (clean_project / "runs").iterdir())
+    r = doit(clean_project, "recipe:pace-planner")
+    assert "-- recipe:pace-planner" in r.stdout
+    assert sorted(p.name for p in (clean_project / "runs").iterdir()) == before
