@@ -534,6 +534,11 @@ def _refresh_into(con, runs_dir: Path, deep: bool, only: list[str] | None = None
             changed[r] = v
         else:
             touched.append(r)
+    if len(new) + len(changed) <= BULK_MIN:
+        # digests of what is read now, so a later touch that changes nothing costs no re-read; a bulk
+        # ingest keeps the digests the run manifests list (a run's first change after it is re-read)
+        for r in new:
+            digests[r] = _file_digests(new[r][0])
     con.execute("BEGIN")
     try:
         if touched:
@@ -674,7 +679,7 @@ def print_result(cols: list[str], rows: list[tuple], fmt: str = "table", out=Non
     if fmt == "csv":
         import csv
 
-        w = csv.writer(out)
+        w = csv.writer(out, lineterminator="\n")
         w.writerow(cols)
         w.writerows(["" if v is None else v for v in r] for r in rows)
     elif fmt == "json":
@@ -688,7 +693,8 @@ def print_result(cols: list[str], rows: list[tuple], fmt: str = "table", out=Non
             t.add_column(c, overflow="fold")
         for r in rows:
             t.add_row(*(_fmt_cell(v) for v in r))
-        Console(file=out, width=None if out is sys.stdout else 200).print(t)
+        tty = hasattr(out, "isatty") and out.isatty()
+        Console(file=out, width=None if tty else 240).print(t)  # piped output is not folded at 80 columns
         out.write(f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n")
     else:
         raise FactoryError(f"--format: {fmt!r} is not one of table, csv, json")
