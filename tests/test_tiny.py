@@ -88,7 +88,7 @@ def test_unknown_training_method_lists_the_methods():
 def test_default_train_params_are_accepted_by_the_trainer():
     from factory.ml.sft import parse_params
 
-    ctx = TrainDefaultsContext(method="sft-lora", train_rows=1000, heldout_rows=250, device="cpu", processes=1, intent={})
+    ctx = TrainDefaultsContext(method="sft-lora", train_rows=1858, heldout_rows=502, device="cpu", processes=1, intent={})
     params = TinyFamily().default_train_params(ctx)
     assert params["steps"] == 500 and params["lr"] == 5e-3 and params["replay"] == 0.25
     parsed = parse_params(params)
