@@ -302,3 +302,51 @@ def test_importing_the_index_does_not_import_duckdb():
                          capture_output=True, text=True, check=True, cwd=REPO,
                          env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
     assert out.strip() == "[]"
+
+
+# --- factory compare ------------------------------------------------------------------------
+
+def test_compare_shows_config_keys_criteria_and_flipped_samples(corpus, capsys):
+    from factory import compare
+
+    runs_dir = corpus / "runs"
+    by_recipe = {}
+    for run in _complete(runs_dir):
+        cfg = json.loads((run / "config.json").read_text())
+        by_recipe.setdefault(cfg["recipe"], []).append((run, cfg))
+    (a, ca), (b, cb) = next(((x, y) for runs in by_recipe.values() for x in runs for y in runs
+                             if x[1]["train"]["lr"] != y[1]["train"]["lr"]
+                             and x[1]["stage_keys"]["dataset"] == y[1]["stage_keys"]["dataset"]))
+    res = compare.compare(corpus, [a.name, b.name])
+
+    diff = dict(res["config"])
+    assert diff["train.lr"] == [ca["train"]["lr"], cb["train"]["lr"]]
+    assert "recipe" not in diff
+    stages = dict(res["stage_keys"])
+    assert stages["train"] == [ca["stage_keys"]["train"], cb["stage_keys"]["train"]]
+    assert "dataset" in res["shared_stages"] and "dataset" not in stages
+
+    names = [c[0] for c in res["criteria"]]
+    assert names == [c["name"] for c in json.loads((a / "decision.json").read_text())["criteria"]]
+
+    def correct(run, suite):
+        rows = [json.loads(line) for line in open(run / "samples" / "candidate" / f"{suite}.jsonl")]
+        return {r["id"]: r["correct"] for r in rows}
+
+    suite = ca["evals"]["primary"]
+    ra, rb = correct(a, suite), correct(b, suite)
+    expected = sorted(i for i in ra if ra[i] != rb[i])
+    assert [i for i, _ in res["flipped"].get(suite, [])] == expected
+
+    assert compare.cli_compare(corpus, [a.name, b.name]) == 0
+    out = capsys.readouterr().out
+    assert "train.lr" in out and "config differences" in out and "primary_min" in out
+
+
+def test_compare_needs_two_known_runs(corpus, capsys):
+    from factory import compare
+
+    assert compare.cli_compare(corpus, [_complete(corpus / "runs")[0].name]) == 1
+    assert "at least two runs" in capsys.readouterr().err
+    assert compare.cli_compare(corpus, ["no-such-run", "nor-this"]) == 1
+    assert "no such run" in capsys.readouterr().err
