@@ -360,6 +360,7 @@ def _content_changed(run: Path, stored_json: str | None) -> tuple[bool, dict[str
 # --- refresh -------------------------------------------------------------------------------
 
 BULK_MIN = 2500  # above this many runs, read a record file of every run with a glob
+CHECKPOINT_RUNS = 50  # a refresh that changes this many runs folds the write-ahead log into the file
 CHUNK = 2000  # files per read_text list: DuckDB's long file lists scale badly
 
 
@@ -591,6 +592,13 @@ def refresh(runs_dir: Path, deep: bool = False, wait_s: float = 1.0, only: list[
                 index_path(runs_dir).unlink()
                 return refresh(runs_dir, deep, wait_s)
             out = _refresh_into(con, runs_dir, deep, None if queued_before is not None else only)
+            if out["new"] + out["changed"] + out["removed"] >= CHECKPOINT_RUNS:
+                con.execute("CHECKPOINT")
+            else:
+                # a small change stays in the write-ahead log (readers replay it; DuckDB folds it in
+                # once it passes checkpoint_threshold): checkpointing on every close costs more
+                # than the ingest of one run
+                con.execute("PRAGMA disable_checkpoint_on_shutdown")
         finally:
             con.close()
     if queued_before is not None and _read_pending(pending) == queued_before:
@@ -774,3 +782,22 @@ def cli_runs(root: Path, limit: int = 20) -> int:
         return 0
     print_result(cols, rows, "table")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m factory.index RUNS_DIR [RUN ...] [--deep] [--rebuild]`: refresh and print what it did."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m factory.index", description=main.__doc__)
+    p.add_argument("runs_dir", type=Path)
+    p.add_argument("runs", nargs="*", help="only look at these run directories")
+    p.add_argument("--deep", action="store_true", help="check the stat of every file, not only the directory")
+    p.add_argument("--rebuild", action="store_true", help="throw the index away and build it again")
+    a = p.parse_args(argv)
+    res = rebuild(a.runs_dir) if a.rebuild else refresh(a.runs_dir, deep=a.deep, only=a.runs or None)
+    print(json.dumps(res, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
