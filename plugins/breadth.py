@@ -33,37 +33,81 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     "tool": ("saw", "axe", "pen", "hoe", "awl", "drill", "file", "rake"),
 }
 WORDS: tuple[str, ...] = tuple(w for ws in CATEGORIES.values() for w in ws)
+# Everyday words, so that the base has seen (and its tokenizer has pieces for) ordinary text;
+# words a model never saw in pretraining keep untrained embeddings that LoRA cannot fix.
+COMMON = tuple(
+    """
+    time day week year month hour minute morning evening night today tomorrow monday tuesday wednesday
+    thursday friday saturday sunday january june july october people man woman child friend family
+    house home room door window table chair book letter paper water food bread coffee tea milk sugar
+    city street road car bus train ship plane bike park school office shop market bank hospital doctor
+    teacher student worker player team game music song movie story news phone email note list plan
+    goal task job work meeting call lunch dinner party class lesson test exam run walk swim ride jump
+    read write send open close start stop move stay wait help try make take give keep show find
+    think know want need like love call ask tell say go come get put set turn play learn teach
+    long short big small new old good bad high low early late fast slow easy hard light dark warm cold
+    green black white brown yellow orange purple silver river mountain forest garden flower tree stone
+    window kitchen bottle basket ticket report budget project review update change check order
+    """.split()
+)
+VOCAB: tuple[str, ...] = tuple(dict.fromkeys(WORDS + COMMON))
+KEYNAMES = ("name", "day", "time", "item", "city", "color", "note", "goal", "tag", "kind", "place", "size")
 CATEGORY_OF: dict[str, str] = {w: c for c, ws in CATEGORIES.items() for w in ws}
-NAMES = ("ann", "bob", "cy", "dee", "eve", "fay", "gus", "hal", "ivy", "joe", "kim", "lou")
-CITIES = ("rome", "oslo", "lima", "kiev", "doha", "bern", "riga", "baku")
+MAX_ANSWER = 40  # characters: longer answers are drawn again
 KEYS = tuple("abcdefghjkmnpqrstuvwxyz")
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+CONSONANTS = "bcdfghjklmnprstvwz"
+VOWELS = "aeiouy"
 
 
-def _words(r: random.Random, low: int, high: int) -> list[str]:
-    return r.choices(WORDS, k=r.randint(low, high))
+def _pseudo(r: random.Random) -> str:
+    """A made-up word ("tamo", "qix"): copying it means copying subword tokens, as with real names."""
+    if r.random() < 0.3:
+        return "".join(r.choices(LETTERS, k=r.randint(2, 5)))
+    word = "".join(r.choice(CONSONANTS) + r.choice(VOWELS) for _ in range(r.randint(1, 3)))
+    return word + (r.choice(CONSONANTS) if r.random() < 0.3 else "")
+
+
+def _word(r: random.Random) -> str:
+    """An everyday word, a lexicon word or a made-up one."""
+    x = r.random()
+    return r.choice(COMMON) if x < 0.4 else r.choice(WORDS) if x < 0.6 else _pseudo(r)
+
+
+def _words(r: random.Random, low: int, high: int, open_vocab: bool = False) -> list[str]:
+    n = r.randint(low, high)
+    return [_word(r) for _ in range(n)] if open_vocab else r.choices(WORDS, k=n)
 
 
 def _copy(r: random.Random) -> tuple[str, str]:
-    words = _words(r, 1, 4)
+    words = _words(r, 1, 4, open_vocab=True)
     return "copy: " + " ".join(words), " ".join(words)
 
 
 def _reverse(r: random.Random) -> tuple[str, str]:
-    words = _words(r, 2, 4)
+    words = _words(r, 2, 4, open_vocab=True)
     return "reverse: " + " ".join(words), " ".join(reversed(words))
 
 
 def _lookup(r: random.Random) -> tuple[str, str]:
     keys = r.sample(KEYS, r.randint(2, 4))
-    vals = _words(r, len(keys), len(keys))
+    vals = _words(r, len(keys), len(keys), open_vocab=True)
     pairs = " ".join(f"{k}={v}" for k, v in zip(keys, vals))
     i = r.randrange(len(keys))
     return f"lookup: {pairs} ? {keys[i]}", vals[i]
 
 
+def _value(r: random.Random) -> Any:
+    x = r.random()
+    if x < 0.25:
+        return r.randint(0, 99)
+    if x < 0.35:
+        return f"{r.randint(0, 23):02d}:{r.choice((0, 15, 30, 45)):02d}"
+    return _word(r)
+
+
 def _record(r: random.Random) -> tuple[str, str]:
-    fields: list[tuple[str, Any]] = [("name", r.choice(NAMES)), ("age", r.randint(1, 99)), ("city", r.choice(CITIES))]
-    fields = r.sample(fields, r.randint(1, 3))
+    fields = [(k, _value(r)) for k in r.sample(KEYNAMES, r.randint(1, 3))]
     prompt = "json: " + " ".join(f"{k}={v}" for k, v in fields)
     return prompt, json.dumps(dict(fields), sort_keys=True, separators=(",", ":"))
 
@@ -148,7 +192,7 @@ def generate(rows: int = 20000, seed: int = 0, skills: list[str] | None = None) 
         skill = names[turn % len(names)]
         prompt, answer = SKILLS[skill](rngs[skill])
         rid = row_id(skill, prompt, answer)
-        if rid in seen:  # the split is by content: a duplicate would leak across it
+        if rid in seen or len(answer) > MAX_ANSWER:  # the split is by content: a duplicate would leak across it
             misses += 1
             if misses > 100 * rows + 1000:
                 raise FactoryError(f"breadth-mix: options.rows: {rows} distinct rows are more than the skills can make")

@@ -110,7 +110,11 @@ def test_tokenizer_round_trips_rows_and_has_distinct_special_tokens(corpus):
     texts += ['{"age":42,"city":"oslo"} 0123456789', "Unseen words: zebra, quartz!"]
     for text in texts:
         ids = tok(text, add_special_tokens=False)["input_ids"]
-        assert tok.decode(ids) == text
+        assert tok.decode(ids) == " " + text  # every text is read with a leading space
+    # an answer tokenized on its own gets the same tokens as the same words inside a prompt
+    prompt = tok(format_prompt("copy: ribek stretching"), add_special_tokens=False)["input_ids"]
+    answer = tok("ribek stretching", add_special_tokens=False)["input_ids"]
+    assert prompt[2 : 2 + len(answer)] == answer
     digits = tok("sort: 31 7", add_special_tokens=False)["input_ids"]
     assert [tok.decode([i]) for i in digits][-4:] == ["3", "1", " ", "7"]  # digits stay single
 

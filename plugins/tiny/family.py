@@ -22,7 +22,7 @@ from factory.interfaces import LoadedModel, TrainDefaultsContext
 
 __version__ = "1.0"
 
-TEMPLATE = "{prompt}\n=> "
+TEMPLATE = "{prompt}\n=>"
 MODELS = ("tiny-llama",)
 METHODS = ("sft-lora",)
 # Eager attention ran 22% faster than SDPA per training step at this size on CPU (measured).

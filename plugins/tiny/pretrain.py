@@ -42,10 +42,14 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 def train_tokenizer(rows: Iterable[dict[str, Any]], vocab_size: int) -> Any:
     """A byte-level BPE tokenizer (digits kept single) trained on the rendered rows."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
+    # A leading space on every text: the prompt and the answer are tokenized apart (factory.ml.text),
+    # and "cat" at the start of an answer then gets the same tokens as " cat" inside the prompt, so
+    # copying a word is copying its tokens. Decoded answers start with that space; evals strip it.
+    tok.normalizer = normalizers.Prepend(" ")
     # Single digits: numbers then read the same way in every context, which arithmetic and sorting need.
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
