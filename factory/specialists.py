@@ -137,7 +137,8 @@ def model_card(*, spec_id: str, recipe: str, goal: str, owner: str, base: dict[s
                run_id: str | None, prompt_template: str | None, has_chat_template: bool) -> str:
     """README.md of a specialist: what it is for, what it was trained on, and the evidence."""
     verdict = decision.get("decision", "unknown")
-    lines = [f"# {spec_id}", ""]
+    # The card names no directory: the same bytes sit in the run's specialist/ and in specialists/<id>/.
+    lines = [f"# {recipe} specialist", ""]
     if verdict != "ship":
         lines += [
             f"> **Not approved for use.** The acceptance gate decided **{verdict}**: "
@@ -158,8 +159,8 @@ def model_card(*, spec_id: str, recipe: str, goal: str, owner: str, base: dict[s
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
         'base = AutoModelForCausalLM.from_pretrained("<base model directory>")',
-        f'model = PeftModel.from_pretrained(base, "specialists/{spec_id}")',
-        f'tokenizer = AutoTokenizer.from_pretrained("specialists/{spec_id}")',
+        'model = PeftModel.from_pretrained(base, "<this directory>")',
+        'tokenizer = AutoTokenizer.from_pretrained("<this directory>")',
         "```", "",
     ]
     if has_chat_template:
@@ -202,7 +203,7 @@ def model_card(*, spec_id: str, recipe: str, goal: str, owner: str, base: dict[s
         lines.append(f"Next action: {decision['next_action']}")
     lines += ["", "## Provenance", "",
               f"`{MANIFEST}` lists the digest of every file here and the stage keys this package came from; "
-              f"`factory verify specialists/{spec_id}` rechecks them.", ""]
+              "`factory verify <this directory>` rechecks them.", ""]
     return "\n".join(lines)
 
 
