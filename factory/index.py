@@ -137,7 +137,10 @@ _DOC_TABLES = {"config.json": "d_cfg", "run_manifest.json": "d_man", "decision.j
 # Files that are the same for every run sharing a stage key (the store hardlinks them): read once per key.
 _SHARED = {"dataset.json": "dataset", "eval-baseline.json": "eval-baseline"}
 
-_DOC_SQL = "CREATE OR REPLACE TEMP TABLE {table} AS SELECT run_id, json_transform(content, '{shape}') AS j FROM {src}"
+# A file that is not valid JSON (a run copied half-way, an edit gone wrong) is skipped, not fatal:
+# one bad run must not stop the index from taking in the others.
+_DOC_SQL = ("CREATE OR REPLACE TEMP TABLE {table} AS SELECT run_id, json_transform(content, '{shape}') AS j "
+            "FROM {src} WHERE json_valid(content)")
 
 _RUNS_SQL = """
 INSERT INTO runs SELECT
@@ -205,7 +208,8 @@ INSERT INTO train_log
 SELECT run_id, j.step, j.loss, j.lr, j.tokens_per_s, j.elapsed_s, j.heldout_loss FROM (
     SELECT run_id, json_transform(line, '{"step":"INTEGER","loss":"DOUBLE","lr":"DOUBLE","tokens_per_s":"DOUBLE",
                                           "elapsed_s":"DOUBLE","heldout_loss":"DOUBLE"}') AS j
-    FROM (SELECT run_id, unnest(string_split(content, chr(10))) AS line FROM {src}) WHERE trim(line) <> '')
+    FROM (SELECT run_id, unnest(string_split(content, chr(10))) AS line FROM {src})
+    WHERE trim(line) <> '' AND json_valid(line))
 """
 
 _STAGES_SQL = """
@@ -214,7 +218,8 @@ SELECT run_id, j.stage, j.kind, j.key, j.status, TRY_CAST(TRY_CAST(j."start" AS 
        TRY_CAST(TRY_CAST(j."end" AS TIMESTAMPTZ) AS TIMESTAMP), j.seconds, j.host, j.error FROM (
     SELECT run_id, json_transform(line, '{"stage":"VARCHAR","kind":"VARCHAR","key":"VARCHAR","status":"VARCHAR",
             "start":"VARCHAR","end":"VARCHAR","seconds":"DOUBLE","host":"VARCHAR","error":"VARCHAR"}') AS j
-    FROM (SELECT run_id, unnest(string_split(content, chr(10))) AS line FROM {src}) WHERE trim(line) <> '')
+    FROM (SELECT run_id, unnest(string_split(content, chr(10))) AS line FROM {src})
+    WHERE trim(line) <> '' AND json_valid(line))
 """
 
 # The scores run_summary shows are kept on the run row: the view is read far more often than written.
@@ -246,7 +251,7 @@ SELECT digest, j.id, j.skill, j.expected, j.output, j.correct FROM (
                                           "output":"VARCHAR","correct":"BOOLEAN"}') AS j
     FROM (SELECT m.digest, unnest(string_split(t.content, chr(10))) AS line
           FROM read_text($files) t JOIN sample_paths m ON m.path = t.filename)
-    WHERE trim(line) <> '')
+    WHERE trim(line) <> '' AND json_valid(line))
 """
 
 
@@ -410,10 +415,10 @@ def _first_match(runs: dict[str, tuple[Path, str]], name: str):
             return
 
 
-def _ingest(con, runs_dir: Path, runs: dict[str, tuple[Path, str]], digests: dict[str, dict[str, str]]) -> None:
-    """Insert every table's rows for `runs` (none of which is in the index now)."""
+def _ingest(con, runs_dir: Path, runs: dict[str, tuple[Path, str]], digests: dict[str, dict[str, str]]) -> list[str]:
+    """Insert every table's rows for `runs` (none of which is in the index now); return those unreadable."""
     if not runs:
-        return
+        return []
     con.execute(
         "CREATE OR REPLACE TEMP TABLE paths AS SELECT unnest($ids) AS run_id, unnest($paths) AS path, "
         "unnest($sigs) AS sig", {"ids": list(runs), "paths": [str(p) for p, _ in runs.values()],
@@ -425,6 +430,8 @@ def _ingest(con, runs_dir: Path, runs: dict[str, tuple[Path, str]], digests: dic
         else:
             con.execute(_DOC_SQL.format(table=table, shape=shape, src=_source(runs_dir, runs, name)))
     con.execute(_RUNS_SQL)
+    unreadable = [r for (r,) in con.execute(
+        "SELECT run_id FROM paths WHERE run_id NOT IN (SELECT run_id FROM d_cfg) ORDER BY run_id").fetchall()]
     con.execute(_CRITERIA_SQL)
     con.execute(_SUITES_SQL)
     con.execute(_EVALS_SQL)
@@ -445,6 +452,7 @@ def _ingest(con, runs_dir: Path, runs: dict[str, tuple[Path, str]], digests: dic
     _ingest_samples(con, runs_dir)
     for t in ("suites", "paths", *_DOC_TABLES.values()):
         con.execute(f"DROP TABLE IF EXISTS {t}")
+    return unreadable
 
 
 def _shared_doc(con, runs_dir: Path, runs: dict[str, tuple[Path, str]], name: str, table: str, shape: str) -> None:
@@ -461,7 +469,8 @@ def _shared_doc(con, runs_dir: Path, runs: dict[str, tuple[Path, str]], name: st
     ids = [r for r, k in pairs if k in rep_of_key]
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE {table} AS "
-        f"WITH doc AS (SELECT run_id AS rep, json_transform(content, {_lit(shape)}) AS j FROM {_source(runs_dir, reps, name)}), "
+        f"WITH doc AS (SELECT run_id AS rep, json_transform(content, {_lit(shape)}) AS j FROM {_source(runs_dir, reps, name)} "
+        "WHERE json_valid(content)), "
         "rk AS (SELECT unnest($ids) AS run_id, unnest($reps) AS rep) "
         "SELECT rk.run_id, doc.j FROM rk JOIN doc USING (rep)",
         {"ids": ids, "reps": [rep_of_key[k] for r, k in pairs if k in rep_of_key]})
@@ -546,7 +555,7 @@ def _refresh_into(con, runs_dir: Path, deep: bool, only: list[str] | None = None
             con.executemany("UPDATE ingested SET sig = ?, file_digests = ? WHERE run_id = ?",
                             [(found[r][1], json.dumps(digests[r], sort_keys=True), r) for r in touched])
         _delete_runs(con, removed + list(changed))
-        _ingest(con, runs_dir, {**new, **changed}, digests)
+        unreadable = _ingest(con, runs_dir, {**new, **changed}, digests)
         if removed or changed:
             con.execute("DELETE FROM sample_sets WHERE samples_digest NOT IN "
                         "(SELECT samples_digest FROM evals WHERE samples_digest IS NOT NULL)")
@@ -559,7 +568,9 @@ def _refresh_into(con, runs_dir: Path, deep: bool, only: list[str] | None = None
     if only is not None:
         unchanged = con.execute("SELECT count(*) FROM ingested").fetchone()[0] - len(new) - len(changed)
     return {"new": len(new), "changed": len(changed), "unchanged": unchanged,
-            "removed": len(removed), "incomplete": incomplete, "specialists": specialists}
+            "removed": len(removed), "incomplete": incomplete, "specialists": specialists,
+            # kept in `ingested`, so not retried until their files change
+            "unreadable": unreadable}
 
 
 def refresh(runs_dir: Path, deep: bool = False, wait_s: float = 1.0, only: list[str] | None = None) -> dict[str, Any]:
@@ -652,6 +663,8 @@ def rebuild(runs_dir: Path) -> dict[str, Any]:
 def _ready(runs_dir: Path, log=None) -> None:
     """Make sure there is an index to read, and take in a queued ingest if there is one."""
     if not index_path(runs_dir).exists() or (runs_dir / PENDING_FILE).exists():
+        if log and not index_path(runs_dir).exists():
+            log(f"building {index_path(runs_dir)} from the run directories")
         res = refresh(runs_dir)
         if res.get("queued") and log:
             log(res["message"])

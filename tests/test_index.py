@@ -350,3 +350,20 @@ def test_compare_needs_two_known_runs(corpus, capsys):
     assert "at least two runs" in capsys.readouterr().err
     assert compare.cli_compare(corpus, ["no-such-run", "nor-this"]) == 1
     assert "no such run" in capsys.readouterr().err
+
+
+def test_a_run_with_a_broken_file_does_not_stop_the_others(project):
+    runs_dir = project / "runs"
+    bad, half = _complete(runs_dir)[:2]
+    (bad / "config.json").write_text('{"recipe": "pace-pl')  # copied half-way
+    with open(half / "train.log", "a") as f:
+        f.write('{"step": 99999, "lo\n')
+    res = index.refresh(runs_dir)
+    assert res["unreadable"] == [bad.name]
+    assert res["new"] == len(_complete(runs_dir))
+    assert q(runs_dir, "SELECT count(*) FROM runs")[0][0] == len(_complete(runs_dir)) - 1
+    assert q(runs_dir, "SELECT max(step) < 99999 FROM train_log WHERE run_id = ?", [half.name]) == [(True,)]
+    _replace(bad / "config.json", json.dumps({"recipe": "pace-planner", "base": {"family": "tiny", "model": "t"},
+                                              "method": "sft-lora"}))
+    assert index.refresh(runs_dir)["changed"] == 1
+    assert q(runs_dir, "SELECT recipe FROM runs WHERE run_id = ?", [bad.name]) == [("pace-planner",)]
