@@ -93,7 +93,8 @@ def borderline_ships():
     return df.shape
 
 res = {}
-for name, fn in [("1 best shipped run per recipe", best_per_recipe), ("2 decisions per recipe and week", decisions_by_week),
+for name, fn in [("1 best shipped run per recipe", best_per_recipe),
+                 ("2 decisions per recipe and week", decisions_by_week),
                  ("4 ship rate by learning rate", ship_rate_by_lr), ("8 breadth by replay", replay_breadth),
                  ("10 borderline ships", borderline_ships)]:
     best = 1e9

@@ -203,7 +203,8 @@ def make_runs(dest: Path, n: int, seed: int = 0, incomplete_every: int = 97, sta
         files["train.json"] = _digest(_dump(run / "train.json", ts))
 
         # --- evals: the baseline is shared by every run with the same base and data
-        suites = [(primary, rows.rows[recipe]), ("breadth", rows.rows["breadth"]), ("risk-probes", rows.rows["risk-probes"])]
+        suites = [(primary, rows.rows[recipe]), ("breadth", rows.rows["breadth"]),
+                  ("risk-probes", rows.rows["risk-probes"])]
         bl = baseline_cache.get(keys["eval-baseline"])
         if bl is None:
             br = random.Random(keys["eval-baseline"])
@@ -255,7 +256,8 @@ def make_runs(dest: Path, n: int, seed: int = 0, incomplete_every: int = 97, sta
                                "scores": {"perplexity": {"value": round(r.uniform(3, 9), 4), "n": heldout_n}},
                                "per_skill": {}, "samples": None})
             rec = {"schema_version": "1.0", "role": role,
-                   "model": {"base_digest": keys["base"], "adapter_digest": _digest(adapter) if role == "candidate" else None},
+                   "model": {"base_digest": keys["base"],
+                             "adapter_digest": _digest(adapter) if role == "candidate" else None},
                    "heldout_digest": ds["splits"]["heldout"]["digest"], "suites": suite_recs,
                    "seconds": round(r.uniform(20, 90), 2), "settings": {"batch_size": 64, "max_new_tokens": 96}}
             files[f"eval-{role}.json"] = _digest(_dump(run / f"eval-{role}.json", rec))

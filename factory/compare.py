@@ -113,7 +113,9 @@ def _samples(run: Path, ev: dict[str, Any]) -> dict[str, dict[str, dict[str, Any
     return out
 
 
-def flipped_samples(samples: list[dict[str, dict[str, dict[str, Any]]]]) -> dict[str, list[tuple[str, list[bool | None]]]]:
+def flipped_samples(
+    samples: list[dict[str, dict[str, dict[str, Any]]]],
+) -> dict[str, list[tuple[str, list[bool | None]]]]:
     """suite -> [(sample id, correct per run)] for samples scored in every run whose correctness differs."""
     suites = sorted(set().union(*samples)) if samples else []
     out = {}

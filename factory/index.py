@@ -41,7 +41,6 @@ RECORD_FILES = (
     "config.json", "dataset.json", "train.json", "train.log", "eval-baseline.json",
     "eval-candidate.json", "decision.json", "run_manifest.json", "events.jsonl", "artifact.json",
 )
-REQUIRED_FILES = ("config.json", "decision.json")
 
 TABLES_SQL = """
 CREATE TABLE IF NOT EXISTS meta (name VARCHAR, value VARCHAR);
@@ -145,8 +144,10 @@ _DOC_SQL = ("CREATE OR REPLACE TEMP TABLE {table} AS SELECT run_id, json_transfo
 _RUNS_SQL = """
 INSERT INTO runs SELECT
     p.run_id, c.j.recipe,
-    coalesce(TRY_CAST(TRY_CAST(m.j.created AS TIMESTAMPTZ) AS TIMESTAMP), TRY_CAST(left(p.run_id, 10) AS TIMESTAMP)),
-    coalesce(TRY_CAST(TRY_CAST(m.j.created AS TIMESTAMPTZ) AS TIMESTAMP), TRY_CAST(left(p.run_id, 10) AS TIMESTAMP))::DATE,
+    coalesce(TRY_CAST(TRY_CAST(m.j.created AS TIMESTAMPTZ) AS TIMESTAMP),
+             TRY_CAST(left(p.run_id, 10) AS TIMESTAMP)),
+    coalesce(TRY_CAST(TRY_CAST(m.j.created AS TIMESTAMPTZ) AS TIMESTAMP),
+             TRY_CAST(left(p.run_id, 10) AS TIMESTAMP))::DATE,
     c.j.goal, c.j.owner, c.j.base.family, c.j.base.model,
     coalesce(c.j.base.digest, eb.j.model.base_digest),
     coalesce(c.j.method, t.j.method),
@@ -397,7 +398,7 @@ def _source(runs_dir: Path, runs: dict[str, tuple[Path, str]], name: str) -> str
     base = str(runs_dir.resolve())
     if len(runs) > BULK_MIN and not any(c in base for c in "*?[]{}"):
         pattern = f"{base}/*/{name}"
-        if not any(True for _ in _first_match(runs, name)):
+        if not any((p / name).is_file() for p, _ in runs.values()):
             return empty
         return (f"(SELECT split_part(filename, '/', -2) AS run_id, content FROM read_text({_lit(pattern)}) "
                 f"WHERE split_part(filename, '/', -2) IN (SELECT run_id FROM paths))")
@@ -406,13 +407,6 @@ def _source(runs_dir: Path, runs: dict[str, tuple[Path, str]], name: str) -> str
         return empty
     listed = ", ".join(_lit(f) for f in files)
     return f"(SELECT split_part(filename, '/', -2) AS run_id, content FROM read_text([{listed}]))"
-
-
-def _first_match(runs: dict[str, tuple[Path, str]], name: str):
-    for p, _ in runs.values():
-        if (p / name).is_file():
-            yield p
-            return
 
 
 def _ingest(con, runs_dir: Path, runs: dict[str, tuple[Path, str]], digests: dict[str, dict[str, str]]) -> list[str]:
@@ -469,7 +463,8 @@ def _shared_doc(con, runs_dir: Path, runs: dict[str, tuple[Path, str]], name: st
     ids = [r for r, k in pairs if k in rep_of_key]
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE {table} AS "
-        f"WITH doc AS (SELECT run_id AS rep, json_transform(content, {_lit(shape)}) AS j FROM {_source(runs_dir, reps, name)} "
+        f"WITH doc AS (SELECT run_id AS rep, json_transform(content, {_lit(shape)}) AS j "
+        f"FROM {_source(runs_dir, reps, name)} "
         "WHERE json_valid(content)), "
         "rk AS (SELECT unnest($ids) AS run_id, unnest($reps) AS rep) "
         "SELECT rk.run_id, doc.j FROM rk JOIN doc USING (rep)",
@@ -520,7 +515,8 @@ def _refresh_specialists(con, root: Path) -> int:
                          man.get("base_digest")))
     con.execute("DELETE FROM specialists")
     if rows:
-        con.executemany("INSERT INTO specialists VALUES (?, ?, ?, ?, ?, TRY_CAST(TRY_CAST(? AS TIMESTAMPTZ) AS TIMESTAMP), ?, ?, ?)", rows)
+        con.executemany("INSERT INTO specialists VALUES "
+                        "(?, ?, ?, ?, ?, TRY_CAST(TRY_CAST(? AS TIMESTAMPTZ) AS TIMESTAMP), ?, ?, ?)", rows)
     return len(rows)
 
 

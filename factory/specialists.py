@@ -185,7 +185,8 @@ def model_card(*, spec_id: str, recipe: str, goal: str, owner: str, base: dict[s
         params = train.get("params") or {}
         lines += ["## Training", "",
                   f"- method: `{train.get('method', '–')}`, {train.get('steps', '–')} steps, "
-                  f"final loss {_fmt(train.get('final_loss'))}, {_fmt(train.get('seconds'))} s on {train.get('device', '–')}"]
+                  f"final loss {_fmt(train.get('final_loss'))}, "
+                  f"{_fmt(train.get('seconds'))} s on {train.get('device', '–')}"]
         shown = {k: v for k, v in params.items() if not isinstance(v, (dict, list))}
         if shown:
             lines.append("- parameters: " + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(shown.items())))
@@ -316,7 +317,8 @@ def specialist_id(run_dir: Path, recipe: str | None = None) -> str:
 def _run_meta(run_dir: Path) -> dict[str, Any]:
     man = _read_json(run_dir / "run_manifest.json")
     cfg = _read_json(run_dir / "config.json")
-    return {"run_id": man.get("run_id") or run_dir.name, "stage_keys": man.get("stage_keys") or cfg.get("stage_keys") or {}}
+    return {"run_id": man.get("run_id") or run_dir.name,
+            "stage_keys": man.get("stage_keys") or cfg.get("stage_keys") or {}}
 
 
 def publish_specialist(run_dir: Path, root: Path) -> Path | None:
