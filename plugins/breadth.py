@@ -8,6 +8,13 @@ same order, with the same ids.
 
 Every row is {"id", "prompt", "answer", "skill"}, ASCII only, with a short
 answer (at most 40 characters) so that a small model can learn every skill.
+
+Most skills mix everyday and made-up words into a small closed lexicon, so that
+every token of ordinary text is seen in pretraining. A base pretrained on the
+closed lexicon alone scored higher here (85% held-out exact match against 56%
+at 1,200 steps) but kept untrained embeddings for the words of a real task,
+and LoRA, which leaves embeddings alone, then could not learn the planner task
+at all (0% against 67%).
 """
 
 from __future__ import annotations
