@@ -34,7 +34,7 @@ from factory.errors import FactoryError
 
 INDEX_FILE = "index.duckdb"
 PENDING_FILE = ".index-pending"
-INDEX_SCHEMA = "2"
+INDEX_SCHEMA = "3"
 # Files written for DuckDB 2.x readers and 1.x readers alike.
 STORAGE_COMPAT = "v1.0.0"
 RECORD_FILES = (
@@ -91,7 +91,7 @@ CREATE TABLE IF NOT EXISTS specialists (
     forced BOOLEAN, created TIMESTAMP, path VARCHAR, files INTEGER, base_digest VARCHAR
 );
 CREATE TABLE IF NOT EXISTS ingested (
-    run_id VARCHAR, path VARCHAR, sig VARCHAR, file_digests JSON, ingested_at TIMESTAMP
+    run_id VARCHAR, path VARCHAR, sig VARCHAR, digest VARCHAR, ingested_at TIMESTAMP
 );
 CREATE OR REPLACE VIEW eval_samples AS
     SELECT e.run_id, e.suite, e.role, s.sample_id, s.expected, s.output, s.correct, s.skill
@@ -354,13 +354,17 @@ def _file_digests(run: Path) -> dict[str, str]:
     return {n: hash_file(run / n) for n in RECORD_FILES if (run / n).is_file()}
 
 
-def _content_changed(run: Path, stored_json: str | None) -> tuple[bool, dict[str, str]]:
-    """Whether the record files differ from what was ingested (by digest); and their digests now."""
-    now = _file_digests(run)
-    stored = json.loads(stored_json) if stored_json else {}
-    changed = any(stored.get(n) != d for n, d in now.items()) or any(
-        n in RECORD_FILES and n not in now for n in stored)
-    return changed, now
+def _run_digest(run: Path) -> str:
+    """Digest of a run's record files (names and contents)."""
+    from factory.hashing import digest_json
+
+    return digest_json(_file_digests(run))
+
+
+def _content_changed(run: Path, stored: str | None) -> tuple[bool, str]:
+    """Whether the record files differ from what was ingested (unknown counts as changed); the digest now."""
+    now = _run_digest(run)
+    return stored is None or stored != now, now
 
 
 # --- refresh -------------------------------------------------------------------------------
@@ -409,14 +413,15 @@ def _source(runs_dir: Path, runs: dict[str, tuple[Path, str]], name: str) -> str
     return f"(SELECT split_part(filename, '/', -2) AS run_id, content FROM read_text([{listed}]))"
 
 
-def _ingest(con, runs_dir: Path, runs: dict[str, tuple[Path, str]], digests: dict[str, dict[str, str]]) -> list[str]:
+def _ingest(con, runs_dir: Path, runs: dict[str, tuple[Path, str]], digests: dict[str, str]) -> list[str]:
     """Insert every table's rows for `runs` (none of which is in the index now); return those unreadable."""
     if not runs:
         return []
     con.execute(
         "CREATE OR REPLACE TEMP TABLE paths AS SELECT unnest($ids) AS run_id, unnest($paths) AS path, "
-        "unnest($sigs) AS sig", {"ids": list(runs), "paths": [str(p) for p, _ in runs.values()],
-                                 "sigs": [s for _, s in runs.values()]})
+        "unnest($sigs) AS sig, unnest($digests)::VARCHAR AS digest",
+        {"ids": list(runs), "paths": [str(p) for p, _ in runs.values()], "sigs": [s for _, s in runs.values()],
+         "digests": [digests.get(r) for r in runs]})
     for name, table in _DOC_TABLES.items():
         shape = " ".join(_SHAPES[name].split())
         if name in _SHARED:
@@ -436,13 +441,7 @@ def _ingest(con, runs_dir: Path, runs: dict[str, tuple[Path, str]], digests: dic
     con.execute(_STAGES_SQL.replace("{src}", _source(runs_dir, runs, "events.jsonl")))
     con.execute(_BUILD_SECONDS_SQL)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    # record-file digests: computed for re-read runs, else those the run's manifest lists
-    con.execute(
-        "INSERT INTO ingested SELECT p.run_id, p.path, p.sig, to_json(m.j.files), $now "
-        "FROM paths p LEFT JOIN d_man m ON m.run_id = p.run_id", {"now": now})
-    if digests:
-        con.executemany("UPDATE ingested SET file_digests = ? WHERE run_id = ?",
-                        [(json.dumps(d, sort_keys=True), r) for r, d in digests.items() if r in runs])
+    con.execute("INSERT INTO ingested SELECT run_id, path, sig, digest, $now FROM paths", {"now": now})
     _ingest_samples(con, runs_dir)
     for t in ("suites", "paths", *_DOC_TABLES.values()):
         con.execute(f"DROP TABLE IF EXISTS {t}")
@@ -532,7 +531,7 @@ def _refresh_into(con, runs_dir: Path, deep: bool, only: list[str] | None = None
     stale = {r: v for r, v in found.items() if r in known and known[r] != v[1]}
     new = {r: v for r, v in found.items() if r not in known}
     changed, touched, digests = {}, [], {}
-    stored = dict(con.execute("SELECT run_id, file_digests FROM ingested WHERE run_id IN (SELECT unnest($ids))",
+    stored = dict(con.execute("SELECT run_id, digest FROM ingested WHERE run_id IN (SELECT unnest($ids))",
                               {"ids": list(stale)}).fetchall()) if stale else {}
     for r, v in stale.items():
         differs, digests[r] = _content_changed(v[0], stored.get(r))
@@ -542,14 +541,14 @@ def _refresh_into(con, runs_dir: Path, deep: bool, only: list[str] | None = None
             touched.append(r)
     if len(new) + len(changed) <= BULK_MIN:
         # digests of what is read now, so a later touch that changes nothing costs no re-read; a bulk
-        # ingest keeps the digests the run manifests list (a run's first change after it is re-read)
+        # ingest skips them (hashing 100,000 files costs more than re-reading a run on its first change)
         for r in new:
-            digests[r] = _file_digests(new[r][0])
+            digests[r] = _run_digest(new[r][0])
     con.execute("BEGIN")
     try:
         if touched:
-            con.executemany("UPDATE ingested SET sig = ?, file_digests = ? WHERE run_id = ?",
-                            [(found[r][1], json.dumps(digests[r], sort_keys=True), r) for r in touched])
+            con.executemany("UPDATE ingested SET sig = ?, digest = ? WHERE run_id = ?",
+                            [(found[r][1], digests[r], r) for r in touched])
         _delete_runs(con, removed + list(changed))
         unreadable = _ingest(con, runs_dir, {**new, **changed}, digests)
         if removed or changed:
