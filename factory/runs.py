@@ -149,6 +149,7 @@ def finish_run(session, recipe: str) -> Path:
     if existing is not None:
         if any(e["status"] != "hit" for e in events):
             _append_events(existing, events)
+            _refresh_index(session, existing)
         return existing
 
     runs_dir = session.root / "runs"
@@ -204,12 +205,14 @@ def _after_run(session, recipe: str, run_dir: Path, keys: dict[str, str]) -> Non
         publish_specialist(run_dir, session.root)
     info = RunInfo(id=run_dir.name, path=run_dir, recipe=recipe, decision=decision, stage_keys=keys)
     session.regs.pm.hook.run_finished(run=info)
+    _refresh_index(session, run_dir)
+
+
+def _refresh_index(session, run_dir: Path) -> None:
     try:
         from factory import index
 
-        index.refresh(session.root / "runs")
-    except ImportError:
-        pass
+        index.refresh(session.root / "runs", only=[run_dir.name])
     except Exception as e:  # the index is derived; a build never fails because of it
         print(f"factory: index not refreshed ({e}); `factory sql` will catch up", file=sys.stderr)
 
