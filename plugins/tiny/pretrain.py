@@ -264,7 +264,7 @@ def heldout_check(lm: Any, rows: list[dict[str, Any]], n: int, seed: int = 0) ->
     }
 
 
-def _progress_bar(total: int) -> Any:
+def _progress_bar() -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(
@@ -323,7 +323,7 @@ def build(breadth_dir: Path, out: Path, options: dict[str, Any], model_id: str =
         log(f"tiny base: {cut} breadth rows longer than {opts.max_positions} tokens were cut")
 
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "pretrain.log", "w") as logf, _progress_bar(opts.steps) as bar:
+    with open(out / "pretrain.log", "w") as logf, _progress_bar() as bar:
         task = bar.add_task("pretrain", total=opts.steps, loss=float("nan"))
 
         def write_line(line: dict[str, Any]) -> None:
