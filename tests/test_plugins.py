@@ -1,0 +1,110 @@
+"""Plugin discovery and the registries' rules: no silent shadowing, helpful unknown-name errors."""
+
+import sys
+
+import pytest
+
+from factory import plugins
+from factory.errors import FactoryError
+from factory.plugins import Registry
+from factory.stages import StageKind
+
+
+class FamA:
+    name = "shared"
+
+
+class FamB:
+    name = "shared"
+
+
+def build_one(ctx):
+    pass
+
+
+def build_two(ctx):
+    pass
+
+
+def test_same_object_or_class_twice_is_a_no_op():
+    reg = Registry("family")
+    a = FamA()
+    reg.register(a, plugin="p1")
+    reg.register(a, plugin="p1")
+    reg.register(FamA(), plugin="p2")
+    assert reg.names() == ["shared"] and reg.get("shared") is a
+
+
+def test_a_different_class_under_a_taken_name_raises_naming_both():
+    reg = Registry("family")
+    reg.register(FamA(), plugin="p1")
+    with pytest.raises(FactoryError) as e:
+        reg.register(FamB(), plugin="p2")
+    msg = str(e.value)
+    assert "test_plugins:FamA" in msg and "test_plugins:FamB" in msg and "p1" in msg and "p2" in msg
+
+
+def test_stage_kinds_clash_on_their_build_function():
+    reg = Registry("stage")
+    reg.register(StageKind("dataset", build_one), plugin="p1")
+    reg.register(StageKind("dataset", build_one), plugin="p1")
+    with pytest.raises(FactoryError, match="build_one.*build_two"):
+        reg.register(StageKind("dataset", build_two), plugin="p2")
+
+
+def test_unknown_name_lists_every_registered_name_and_how_to_add_one():
+    reg = Registry("suite")
+    for n in ("b-suite", "a-suite"):
+        reg.register(type("S", (), {"name": n})(), plugin="p")
+    with pytest.raises(FactoryError) as e:
+        reg.get("nope")
+    msg = str(e.value)
+    assert "registered eval suites: a-suite, b-suite" in msg
+    assert "register_eval_suites" in msg and "plugin-guide" in msg
+
+
+def test_default_plugins_register_families_suites_sources_and_stage_kinds():
+    regs = plugins.load()
+    assert {"tiny", "hf"} <= set(regs.families.names())
+    assert {"json-action", "breadth", "perplexity", "risk-probes"} <= set(regs.suites.names())
+    assert {"jsonl", "breadth-mix"} <= set(regs.sources.names())  # register_dataset_sources
+    assert {"dataset", "base", "train", "eval", "decide", "report", "package"} <= set(regs.stages.names())  # register_stage_kinds
+    assert not regs.errors
+
+
+def test_a_plugin_that_fails_to_import_is_reported_and_the_others_load(tmp_path, monkeypatch):
+    (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('boom at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    regs = plugins.load(only=["broken_plugin", "factory_plugins.tiny", "factory.builtin_stages"])
+    (broken,) = [p for p in regs.plugins if p.name == "broken_plugin"]
+    assert "RuntimeError: boom at import" in broken.error
+    assert regs.families.names() == ["tiny"]
+
+
+def test_allowlist_env_var_loads_only_the_named_plugins(monkeypatch):
+    monkeypatch.setenv("FACTORY_LOAD_PLUGINS", "factory_plugins.evals")
+    regs = plugins.load()
+    assert [p.name for p in regs.plugins] == ["factory_plugins.evals"]
+    assert regs.families.names() == []
+
+
+def test_run_finished_reaches_every_plugin(tmp_path, monkeypatch):
+    (tmp_path / "listener_plugin.py").write_text(
+        "from factory.hookspecs import hookimpl\n"
+        "SEEN = []\n"
+        "@hookimpl\n"
+        "def run_finished(run):\n"
+        "    SEEN.append(run)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    regs = plugins.load(only=["listener_plugin"])
+    regs.pm.hook.run_finished(run="r1")
+    assert sys.modules["listener_plugin"].SEEN == ["r1"]
+
+
+def test_factory_plugins_command_lists_versions_and_registrations():
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-m", "factory.cli", "plugins"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "factory_plugins.tiny" in r.stdout and "family: tiny" in r.stdout
