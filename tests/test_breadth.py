@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from factory.errors import FactoryError
-from factory_plugins.breadth import SKILLS, BreadthMix
+from factory_plugins.breadth import SKILLS, WEIGHTS, BreadthMix
 
 
 def read(options):
@@ -26,7 +26,7 @@ def test_rows_have_the_row_format_and_are_short_ascii():
     for r in rows:
         assert set(r) == {"id", "prompt", "answer", "skill"}
         assert r["prompt"].isascii() and r["answer"].isascii()
-        assert 0 < len(r["answer"]) <= 44 and len(r["prompt"]) <= 80
+        assert 0 < len(r["answer"]) <= (72 if r["skill"] == "fields" else 40) and len(r["prompt"]) <= 80
         assert r["skill"] in SKILLS
 
 
@@ -38,10 +38,12 @@ def test_ids_are_unique_content_derived_and_stable_across_row_counts():
     assert len({(r["prompt"], r["answer"]) for r in big}) == 2000
 
 
-def test_skills_share_the_rows_evenly():
-    rows = read({"rows": 800, "seed": 0})
+def test_skills_share_the_rows_by_weight():
+    turn = sum(WEIGHTS.get(s, 1) for s in SKILLS)
+    rows = read({"rows": 10 * turn, "seed": 0})
     counts = {s: sum(r["skill"] == s for r in rows) for s in SKILLS}
-    assert set(counts.values()) == {800 // len(SKILLS)}
+    assert counts == {s: 10 * WEIGHTS.get(s, 1) for s in SKILLS}
+    assert counts["fields"] > counts["copy"] > counts["sort"]  # copy-like skills take a larger share
 
 
 def test_answers_are_right():
@@ -57,6 +59,20 @@ def test_answers_are_right():
     lookup = rows["lookup"]["prompt"].split(": ", 1)[1]
     pairs, key = lookup.split(" ? ")
     assert dict(p.split("=") for p in pairs.split())[key] == rows["lookup"]["answer"]
+    record = json.loads(rows["fields"]["answer"])
+    kind, pairs = rows["fields"]["prompt"].split(": ", 1)[1].split(" with ")
+    assert record["kind"] == kind
+    assert [f"{k} {v}" for k, v in record["args"].items()] == sorted(pairs.split(", "))
+    assert rows["number"]["answer"] in rows["number"]["prompt"].split()
+
+
+@pytest.mark.parametrize(
+    "text,clock",
+    [("7pm", "19:00"), ("7:15pm", "19:15"), ("12 am", "00:00"), ("12:30pm", "12:30"), ("09:45", "09:45")],
+)
+def test_clock_answers_are_24_hour_times(text, clock):
+    rows = [r for r in read({"rows": 4000, "seed": 0, "skills": ["clock"]}) if f" {text} " in f" {r['prompt']} "]
+    assert rows and all(r["answer"] == clock for r in rows)
 
 
 def test_a_subset_of_skills():
