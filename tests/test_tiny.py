@@ -96,7 +96,7 @@ def test_default_train_params_are_accepted_by_the_trainer():
 
     ctx = TrainDefaultsContext(method="sft-lora", train_rows=1858, heldout_rows=502, device="cpu", processes=1, intent={})
     params = TinyFamily().default_train_params(ctx)
-    assert params["steps"] == 500 and params["lr"] == 5e-3 and params["replay"] == 0.25
+    assert params["steps"] == 750 and params["lr"] == 5e-3 and params["replay"] == 0.5
     parsed = parse_params(params)
     assert parsed.lora.r == 16 and parsed.lora.alpha == 32 and set(parsed.lora.target_modules) == set(LORA_TARGETS)
     big = TinyFamily().default_train_params(
