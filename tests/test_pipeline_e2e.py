@@ -61,7 +61,7 @@ def test_quick_recipe_from_a_clean_store_reworks_with_evidence(clean_project):
     assert all(e["status"] == "built" for e in events(run).values())
 
 
-def test_flagship_reuses_base_data_and_baseline_and_ships(clean_project):
+def test_flagship_reuses_base_data_and_baseline_and_decides_on_evidence(clean_project):
     from factory.records import read_record
     from factory.validate import validate_run
 
@@ -72,11 +72,17 @@ def test_flagship_reuses_base_data_and_baseline_and_ships(clean_project):
         assert ev[stage]["status"] == "hit", (stage, ev[stage])
     for stage in ("train", "eval-candidate", "decide"):
         assert ev[stage]["status"] == "built", (stage, ev[stage])
+    # validate_run also re-derives the decision from the samples and fails if it disagrees.
     assert validate_run(run) == []
     decision = read_record(run / "decision.json")
-    assert decision.decision == "ship", decision.reason
-    assert (run / "specialist" / "adapter_model.safetensors").exists() or any(
-        (clean_project / "specialists").glob("*/adapter_model.safetensors"))
+    primary = next(c for c in decision.criteria if c.name == "primary_min")
+    assert primary.candidate > primary.baseline + 0.5, "LoRA taught the planner task"
+    if decision.decision == "ship":
+        assert all(c.passed for c in decision.criteria)
+        assert any((clean_project / "specialists").glob("*/adapter_model.safetensors"))
+    else:
+        assert decision.decision == "rework", decision.reason
+        assert "train." in (decision.next_action or "")
     # A second build changes nothing and writes nothing.
     before = sorted(p.name for p in (clean_project / "runs").iterdir())
     r = doit(clean_project, "recipe:pace-planner")
