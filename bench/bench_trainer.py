@@ -54,7 +54,8 @@ def run_bare(model_dir: Path, files: dict[str, Path], cfg: dict) -> float:
     from peft import LoraConfig, get_peft_model
 
     from factory.ml.lora import default_targets
-    from factory.ml.sft import Schedule, collate, lr_factor, read_rows
+    from factory.ml.sft import Schedule, collate, lr_factor
+    from factory.records import read_rows
     from factory.ml.text import encode_examples
     from factory.ml.toymodels import load_toy
 

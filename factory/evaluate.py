@@ -18,20 +18,7 @@ from typing import Any
 
 from factory import hashing
 from factory.errors import FactoryError
-from factory.records import EvalRecord, FileRef, ModelRef, SampleRecord, Score, SuiteResult, write_record
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file ({"id", "prompt", "answer", ...})."""
-    rows = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise FactoryError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-    return rows
+from factory.records import EvalRecord, FileRef, ModelRef, SampleRecord, Score, SuiteResult, read_rows, write_record
 
 
 def adapter_dir_of(path: Path | None) -> Path | None:

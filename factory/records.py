@@ -325,6 +325,24 @@ def read_jsonl(path: Path, cls: type[BaseModel] | None = None) -> list[BaseModel
     return out
 
 
+def read_rows(path: Path | None) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines data file ({"id", "prompt", "answer", ...}); None reads as no rows."""
+    if path is None:
+        return []
+    rows = []
+    try:
+        with open(path) as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise FactoryError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    except FileNotFoundError:
+        raise FactoryError(f"{path}: missing") from None
+    return rows
+
+
 def dump_record(record: BaseModel) -> str:
     """Canonical text of a record: sorted keys, two-space indent, trailing newline."""
     return json.dumps(record.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"

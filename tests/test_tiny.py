@@ -106,7 +106,8 @@ def test_default_train_params_are_accepted_by_the_trainer():
 
 
 def test_tokenizer_round_trips_rows_and_has_distinct_special_tokens(corpus):
-    from factory_plugins.tiny.pretrain import read_rows, train_tokenizer
+    from factory.records import read_rows
+    from factory_plugins.tiny.pretrain import train_tokenizer
 
     rows = read_rows(corpus / "train.jsonl")
     tok = train_tokenizer(rows, 512)

@@ -41,6 +41,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from factory.errors import FactoryError
+from factory.records import read_rows
 from factory.ml.text import Example, encode_examples
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -107,20 +108,6 @@ def parse_params(config: dict[str, Any]) -> SFTParams:
 
 
 # --- data ----------------------------------------------------------------------
-
-
-def read_rows(path: Path | None) -> list[dict[str, Any]]:
-    if path is None:
-        return []
-    rows = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise FactoryError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-    return rows
 
 
 def render_loss(lm: Any, ex: Example) -> str:

@@ -25,19 +25,12 @@ from typing import Any, Callable, Iterable, Iterator
 import xxhash
 
 from factory.errors import FactoryError
+from factory.records import read_rows
 from factory_plugins.tiny.family import ATTENTION, TEMPLATE, TinyBaseOptions, format_prompt, parse_base_options
 
 EOS = "<eos>"
 PAD = "<pad>"
 LOG_EVERY = 50
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    try:
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    except FileNotFoundError:
-        raise FactoryError(f"{path}: missing (the base stage needs the breadth corpus split)") from None
 
 
 def train_tokenizer(rows: Iterable[dict[str, Any]], vocab_size: int) -> Any:
