@@ -147,15 +147,9 @@ class HFFamily:
         if method not in METHODS:
             raise self._unknown_method(method)
 
-        def train_sft_lora(ctx: Any) -> None:
-            from factory.ml.sft import train_sft_lora as train
+        from factory.ml.sft import trainer_for  # the engine's shared LoRA trainer (no torch at import)
 
-            lm = None
-            if int(ctx.config.get("processes", 1)) <= 1:  # under torchrun each process loads its own copy
-                lm = self.load(Path(ctx.inputs["base"]), None, {"device": ctx.config.get("device"), "train": True})
-            train(ctx, lm)
-
-        return train_sft_lora
+        return trainer_for(self)
 
     def load(self, base_dir: Path, adapter_dir: Path | None, settings: dict[str, Any]) -> LoadedModel:
         _offline()

@@ -381,6 +381,22 @@ class Checkpoints:
 # --- the trainer ---------------------------------------------------------------
 
 
+def trainer_for(family: Any) -> Any:
+    """The `sft-lora` train-stage build function for a family: load its base for training, then train.
+
+    Under torchrun (processes > 1) every worker loads its own copy, so nothing is loaded here.
+    """
+
+    def train_sft_lora_stage(ctx: Any) -> None:
+        lm = None
+        if int(ctx.config.get("processes", 1)) <= 1:
+            device = str(ctx.config.get("device") or "auto")
+            lm = family.load(Path(ctx.inputs["base"]), None, {"device": device, "train": True})
+        train_sft_lora(ctx, lm)
+
+    return train_sft_lora_stage
+
+
 def train_sft_lora(ctx: Any, lm: Any) -> None:
     """Train a LoRA adapter on ctx.inputs["train"] (+ replay) and write adapter/, train.log, train.json."""
     params = parse_params(ctx.config)

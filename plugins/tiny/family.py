@@ -150,16 +150,9 @@ class TinyFamily:
         if method not in METHODS:
             raise self._unknown_method(method)
 
-        def train_sft_lora(ctx: Any) -> None:
-            from factory.ml.sft import train_sft_lora as train
+        from factory.ml.sft import trainer_for  # the engine's shared LoRA trainer (no torch at import)
 
-            lm = None
-            if int(ctx.config.get("processes", 1)) <= 1:  # under torchrun each process loads its own copy
-                device = str(ctx.config.get("device") or "auto")
-                lm = self.load(Path(ctx.inputs["base"]), None, {"device": device, "train": True})
-            train(ctx, lm)
-
-        return train_sft_lora
+        return trainer_for(self)
 
     def load(self, base_dir: Path, adapter_dir: Path | None, settings: dict[str, Any]) -> LoadedModel:
         import torch

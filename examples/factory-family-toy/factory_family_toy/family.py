@@ -110,13 +110,9 @@ class ToyGPT2Family:
         if method not in METHODS:
             raise self._unknown_method(method)
 
-        def train_sft_lora(ctx: Any) -> None:
-            from factory.ml.sft import train_sft_lora as train  # the engine's shared LoRA trainer
+        from factory.ml.sft import trainer_for  # the engine's shared LoRA trainer (no torch at import)
 
-            device = str(ctx.config.get("device") or "auto")
-            train(ctx, self.load(Path(ctx.inputs["base"]), None, {"device": device, "train": True}))
-
-        return train_sft_lora
+        return trainer_for(self)
 
     def load(self, base_dir: Path, adapter_dir: Path | None, settings: dict[str, Any]) -> LoadedModel:
         import torch
