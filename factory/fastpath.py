@@ -57,12 +57,12 @@ def environment() -> dict[str, Any]:
     }
 
 
-def _record_path(root: Path, recipe: str) -> Path:
-    return Path(root) / "cache" / "noop" / f"{recipe}.json"
+def _record_path(root: Path, recipe: str, kind: str = "noop") -> Path:
+    return Path(root) / "cache" / kind / f"{recipe}.json"
 
 
-def record(root: Path, recipe: str, paths: Iterable[str], tasks: dict[str, Any]) -> None:
-    """Remember the stats of every path the recipe's up-to-date verdict rests on."""
+def record(root: Path, recipe: str, paths: Iterable[str], tasks: dict[str, Any], kind: str = "noop") -> None:
+    """Remember the stats of every path the recipe's up-to-date verdict (or its task graph) rests on."""
     files = {}
     for p in sorted(set(paths)):
         st = _stat(p)
@@ -70,7 +70,7 @@ def record(root: Path, recipe: str, paths: Iterable[str], tasks: dict[str, Any])
             return  # something vanished meanwhile: record nothing rather than something wrong
         files[p] = st
     data = {"env": environment(), "files": files, "tasks": tasks}
-    dest = _record_path(root, recipe)
+    dest = _record_path(root, recipe, kind)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".noop-")
     with os.fdopen(fd, "w") as f:
@@ -85,10 +85,14 @@ def forget(root: Path, recipe: str) -> None:
         pass
 
 
-def check(root: Path, recipe: str) -> dict[str, Any] | None:
-    """The recorded task graph if nothing the recipe depends on moved; else None."""
+def check(root: Path, recipe: str, kind: str = "noop") -> dict[str, Any] | None:
+    """The recorded task graph if nothing the record rests on moved; else None.
+
+    kind "noop": the recipe is up to date. kind "graph": only its task graph (stage names and
+    dependencies) is known, so doit can list and order its tasks without loading the engine.
+    """
     try:
-        data = json.loads(_record_path(root, recipe).read_text())
+        data = json.loads(_record_path(root, recipe, kind).read_text())
     except (OSError, ValueError):
         return None
     if data.get("env") != environment():

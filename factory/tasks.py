@@ -157,12 +157,20 @@ def _recipes() -> list[tuple[str, dict[str, Any] | None, str | None, bool]]:
             if graph is not None:
                 _graphs.append((name, graph, None, True))
                 continue
+            graph = fastpath.check(ROOT, name, kind="graph")
+            if graph is not None:  # stale or never built, but its tasks are known: no engine needed yet
+                _graphs.append((name, graph, None, False))
+                continue
             from factory.errors import FactoryError
 
             try:
-                _graphs.append((name, _graph(session().plan(name)), None, False))
+                graph = _graph(session().plan(name))
             except FactoryError as e:
                 _graphs.append((name, None, str(e), False))
+                continue
+            _graphs.append((name, graph, None, False))
+            tops = {"factory", "factory_plugins"} | {p.name.split(".", 1)[0] for p in session().regs.plugins}
+            fastpath.record(ROOT, name, {str(path)} | fastpath.module_files(tops), graph, kind="graph")
     return _graphs
 
 

@@ -243,7 +243,11 @@ def test_doit_list_and_help_never_import_torch(tmp_path):
 
 
 def test_noop_rests_on_file_stats_alone(project):
-    """A no-op build loads neither pydantic nor the plugins: stats of the recorded inputs suffice."""
+    """A no-op build loads neither pydantic nor the plugins: stats of the recorded inputs suffice.
+
+    That holds with another recipe beside it that was never built: its task graph is remembered too.
+    """
+    project.set_recipe(RECIPE.replace("primary_min: 0.8", "primary_min: 0.9"), name="other")
     project.doit("recipe:demo")
     project.reset_builds()
     r = project.doit("recipe:demo", PYTHONPROFILEIMPORTTIME="1")
