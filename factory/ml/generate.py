@@ -12,9 +12,24 @@ number the perplexity suite reports.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 from factory.ml.text import encode_example, encode_prompt, stop_ids
+
+
+@contextlib.contextmanager
+def _inference(model: Any) -> Iterator[None]:
+    """Eval mode and no autograd for the duration; the model's training flag is restored after."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
 
 
 def _batches(order: list[int], size: int) -> list[list[int]]:
@@ -48,7 +63,6 @@ def generate(lm: Any, prompts: list[str], max_new_tokens: int, batch_size: int =
 
 def generate_ids(lm: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 64) -> list[list[int]]:
     """The token ids `generate` decodes: per prompt, the new tokens before the stop token."""
-    import torch
 
     if not prompts:
         return []
@@ -60,16 +74,11 @@ def generate_ids(lm: Any, prompts: list[str], max_new_tokens: int, batch_size: i
     stops = stop_ids(lm)
     results: list[list[int]] = [[] for _ in prompts]
     model = lm.model
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for batch in _batches(order, batch_size):
-                seqs = [encoded[i] for i in batch]
-                for i, out in zip(batch, _generate_batch(model, seqs, lm, max_new_tokens, ctx, stops)):
-                    results[i] = out
-    finally:
-        model.train(was_training)
+    with _inference(model):
+        for batch in _batches(order, batch_size):
+            seqs = [encoded[i] for i in batch]
+            for i, out in zip(batch, _generate_batch(model, seqs, lm, max_new_tokens, ctx, stops)):
+                results[i] = out
     return results
 
 
@@ -131,26 +140,21 @@ def answer_logprobs(lm: Any, rows: list[dict[str, Any]], batch_size: int = 64) -
     order = sorted(range(len(rows)), key=lambda i: (len(examples[i].ids), i))
     losses: list[float] = [float("nan")] * len(rows)
     model = lm.model
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for batch in _batches(order, batch_size):
-                exs = [examples[i] for i in batch]
-                ids, mask = _left_pad([e.ids for e in exs], int(lm.pad_token_id), lm.device)
-                width = ids.shape[1]
-                lossmask = torch.zeros_like(ids, dtype=torch.bool)
-                for j, e in enumerate(exs):
-                    lossmask[j, width - len(e.ids) :] = torch.tensor(e.loss_mask, dtype=torch.bool)
-                position = (mask.cumsum(-1) - 1).clamp(min=0)
-                logits = model(input_ids=ids, attention_mask=mask, position_ids=position).logits.float()
-                logp = torch.log_softmax(logits[:, :-1], dim=-1)
-                tgt = ids[:, 1:]
-                nll = -logp.gather(-1, tgt[..., None])[..., 0]
-                m = lossmask[:, 1:].float()
-                per_row = (nll * m).sum(-1) / m.sum(-1).clamp(min=1)
-                for j, i in enumerate(batch):
-                    losses[i] = float(per_row[j]) if exs[j].n_loss else float("nan")
-    finally:
-        model.train(was_training)
+    with _inference(model):
+        for batch in _batches(order, batch_size):
+            exs = [examples[i] for i in batch]
+            ids, mask = _left_pad([e.ids for e in exs], int(lm.pad_token_id), lm.device)
+            width = ids.shape[1]
+            lossmask = torch.zeros_like(ids, dtype=torch.bool)
+            for j, e in enumerate(exs):
+                lossmask[j, width - len(e.ids) :] = torch.tensor(e.loss_mask, dtype=torch.bool)
+            position = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            tgt = ids[:, 1:]
+            nll = -logp.gather(-1, tgt[..., None])[..., 0]
+            m = lossmask[:, 1:].float()
+            per_row = (nll * m).sum(-1) / m.sum(-1).clamp(min=1)
+            for j, i in enumerate(batch):
+                losses[i] = float(per_row[j]) if exs[j].n_loss else float("nan")
     return losses
