@@ -22,7 +22,6 @@ from typing import Any
 from factory import plugins
 from factory.errors import FactoryError
 from factory.plan import NotBuilt, Plan
-from factory.project import find_root  # noqa: F401 - re-exported for callers of the engine
 from factory.recipe import Recipe, load_recipe
 from factory.stages import BuildContext
 from factory.store import Store

@@ -218,7 +218,7 @@ def _refresh_index(session, run_dir: Path) -> None:
 
 
 def resolve_run(root: Path, ref: str) -> Path:
-    """A run directory from a path, a run id, or a unique prefix/suffix of one."""
+    """A run directory from a path, a run id, a recipe name (its newest run), or a unique part of an id."""
     p = Path(ref)
     if p.is_dir():
         return p
@@ -227,6 +227,11 @@ def resolve_run(root: Path, ref: str) -> Path:
     exact = [d for d in cands if d.name == ref]
     if exact:
         return exact[0]
+    # A recipe name means its newest run: ids are <YYYY-MM-DD>-<recipe>-<key8>.
+    of_recipe = [d for d in cands if d.name[11:].rsplit("-", 1)[0] == ref]
+    if of_recipe:
+        return max(of_recipe, key=lambda d: ((d / "run_manifest.json").stat().st_mtime_ns
+                                             if (d / "run_manifest.json").exists() else 0, d.name))
     partial = [d for d in cands if ref in d.name]
     if len(partial) == 1:
         return partial[0]

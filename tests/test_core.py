@@ -260,3 +260,23 @@ def test_noop_rests_on_file_stats_alone(project):
     data.write_text(data.read_text() + "line 50\n")
     project.doit("recipe:demo")
     assert project.builds()[0] == "dataset"
+
+
+def test_a_run_is_named_by_id_part_or_recipe(project):
+    from factory.errors import FactoryError
+    from factory.runs import resolve_run
+
+    project.doit("recipe:demo")
+    project.set_recipe(RECIPE, name="demo-two")
+    (project.root / "recipes" / "demo-two").mkdir()
+    (project.root / "recipes" / "demo-two" / "lines.txt").write_text("x\n")
+    project.set_recipe(RECIPE.replace("demo/lines.txt", "demo-two/lines.txt"), name="demo-two")
+    project.doit("recipe:demo-two")
+    runs = project.runs()
+    assert len(runs) == 2
+    demo = next(r for r in runs if "-demo-two-" not in r.name)
+    assert resolve_run(project.root, "demo") == demo  # a recipe name, though "demo" is in both ids
+    assert resolve_run(project.root, demo.name) == demo
+    assert resolve_run(project.root, demo.name[-8:]) == demo
+    with pytest.raises(FactoryError, match="no such run"):
+        resolve_run(project.root, "nothing-like-it")
