@@ -69,9 +69,11 @@ class ToyGPT2Family:
         import torch
         from transformers import GPT2Config, GPT2LMHeadModel
 
+        from factory.records import read_rows
+
         # the base stage's config holds what resolve_base returned under "base"
         opts = ToyOptions.model_validate(ctx.config.get("base", ctx.config)["options"])
-        rows = [json.loads(line) for line in open(Path(ctx.inputs["breadth"]) / "train.jsonl")]
+        rows = read_rows(Path(ctx.inputs["breadth"]) / "train.jsonl")
         tokenizer = train_tokenizer(rows, opts.vocab_size, opts.n_positions)
         config = GPT2Config(
             vocab_size=len(tokenizer),
