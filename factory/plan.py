@@ -205,8 +205,11 @@ class Plan:
                                    processes=t.processes, intent=intent)
         defaults = self.family.default_train_params(ctx) or {}
         cfg = _deep_merge(defaults, intent)
+        # A recipe's explicit precision wins; "auto" takes the family's choice (resolved at plan time, so
+        # the key names the arithmetic) and, without one, the trainer's: bf16 on CUDA that has it.
+        precision = t.precision if t.precision != "auto" else defaults.get("precision", "auto")
         cfg.update({"method": t.method, "seed": t.seed, "processes": t.processes, "device": device,
-                    "precision": t.precision, "family": self.recipe.base.family})
+                    "precision": precision, "family": self.recipe.base.family})
         return cfg
 
     def _upstream_file(self, stage: str, rel: str) -> Path:

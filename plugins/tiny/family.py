@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -54,21 +54,35 @@ class TinyBaseOptions(BaseModel):
     # 2,400 steps: about 2.5 minutes on one core. Measured on the 14-skill corpus: 2 layers at
     # 2,400 steps reached 44% held-out breadth and 84% on the planner after LoRA; 3 layers at 1,800
     # steps (the same time) reached 42% and the same 84%, with a LoRA a third slower.
-    steps: int = Field(2400, ge=1, description="optimizer steps of pretraining")
-    batch_size: int = Field(32, ge=1, description="rows per step")
+    steps: int = Field(2600, ge=1, description="optimizer steps of pretraining")
+    batch_size: int = Field(64, ge=1, description="rows per step")
     lr: float = Field(3e-3, gt=0, description="peak learning rate (AdamW)")
     warmup_steps: int = Field(50, ge=0, description="linear warm-up steps before the cosine decay")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final learning rate as a fraction of the peak")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     seed: int = Field(0, description="seed of initialisation and data order")
     threads: int = Field(
-        1, ge=1, le=256, description="torch threads for pretraining (another count gives bitwise different weights)"
+        2, ge=1, le=256, description="torch threads for pretraining (another count gives bitwise different weights)"
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="matrix products in pretraining: bf16 autocast (fp32 weights) or fp32; auto picks bf16 where "
+        "the CPU computes it natively (AVX512-BF16 or AMX) and records the choice in the base's key",
     )
     eval_rows: int = Field(400, ge=0, description="held-out breadth rows checked by greedy generation after pretraining")
 
     def check(self) -> None:
         if self.hidden_size % self.heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}")
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (read from /proc/cpuinfo: no torch import at plan time)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _options_error(e: ValidationError) -> FactoryError:
@@ -110,6 +124,8 @@ class TinyFamily:
         if model not in MODELS:
             raise FactoryError(f"base.model: the tiny family builds {', '.join(MODELS)}, not {model!r}")
         opts = parse_base_options(spec.get("options"))
+        if opts.precision == "auto":  # resolved here, so the key says which arithmetic built the weights
+            opts.precision = "bf16" if native_bf16() else "fp32"
         return {
             "family": self.name,
             "family_version": self.version,
@@ -143,6 +159,7 @@ class TinyFamily:
             "seed": 0,
             "warmup_steps": 30,
             "max_len": 160,
+            "precision": "bf16" if native_bf16() else "fp32",
             "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": list(LORA_TARGETS)},
         }
 

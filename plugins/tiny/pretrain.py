@@ -183,6 +183,8 @@ def pretrain(
         betas=(0.9, 0.95),
     )
     model.train()
+    # bf16 autocast keeps fp32 weights and optimizer state; only the matrix products run in bf16.
+    bf16 = opts.precision == "bf16"
     start = time.perf_counter()
     window_loss, window_n, window_tokens, tokens = 0.0, 0, 0, 0
     last_log = start
@@ -193,10 +195,11 @@ def pretrain(
         lr = lr_at(step, opts)
         for group in optim.param_groups:
             group["lr"] = lr
-        logits = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
-        ).logits
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+            ).logits
+        loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optim.step()
@@ -279,6 +282,10 @@ def build(breadth_dir: Path, out: Path, options: dict[str, Any], model_id: str =
     from factory.ml.text import encode_example
 
     opts = parse_base_options(options)
+    if opts.precision == "auto":
+        from factory_plugins.tiny.family import native_bf16
+
+        opts.precision = "bf16" if native_bf16() else "fp32"
     breadth_dir, out = Path(breadth_dir), Path(out)
     train_rows = read_rows(breadth_dir / "train.jsonl")
     heldout_rows = read_rows(breadth_dir / "heldout.jsonl")
