@@ -53,7 +53,9 @@ class TrainSpec(Strict):
     seed: int = Field(0, description="seed of every random choice in training")
     processes: int = Field(1, ge=1, description="training processes; >1 launches torchrun (DDP)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="training precision")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="training precision; auto: the family's choice, else bf16 on CUDA that has it"
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="trainer settings: lora r/alpha/dropout/targets, max_len, ...")
 
 

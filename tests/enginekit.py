@@ -74,7 +74,7 @@ class Fake:
         _w(ctx, "base.json", ctx.config)
 
     def default_train_params(self, ctx):
-        return {"steps": 10, "lr": 0.1, "rows": ctx.train_rows}
+        return {"steps": 10, "lr": 0.1, "rows": ctx.train_rows, "precision": "bf16"}
 
     def trainer(self, method):
         return train
@@ -85,7 +85,8 @@ class Fake:
 
 def train(ctx):
     _log(ctx)
-    _w(ctx, "adapter/adapter.json", {"lr": ctx.config["lr"], "steps": ctx.config["steps"]})
+    _w(ctx, "adapter/adapter.json", {"lr": ctx.config["lr"], "steps": ctx.config["steps"],
+                                     "precision": ctx.config["precision"]})
     _w(ctx, "train.json", {"steps": ctx.config["steps"]})
     (ctx.out / "train.log").write_text(json.dumps({"step": 1, "loss": 1.0, "lr": ctx.config["lr"],
                                                     "tokens_per_s": 1.0, "elapsed_s": 0.1}) + "\n")

@@ -68,6 +68,20 @@ def test_threshold_rebuilds_only_the_gate_and_after(project):
     assert tree_bytes(first) == first_bytes
 
 
+def test_train_precision_is_the_familys_unless_the_recipe_names_one(project):
+    def adapter():
+        run = max(project.runs(), key=lambda r: r.stat().st_mtime_ns)  # the newest run
+        return json.loads((run / "adapter" / "adapter.json").read_text())
+
+    project.doit("recipe:demo")
+    assert adapter()["precision"] == "bf16"  # the recipe says auto: the family's choice, in the key
+    project.reset_builds()
+    project.set_recipe(RECIPE.replace("train: {method: sft-lora}", "train: {method: sft-lora, precision: fp32}"))
+    project.doit("recipe:demo")
+    assert "train" in project.builds()
+    assert adapter()["precision"] == "fp32"
+
+
 def test_lost_run_dir_is_restored_from_the_store_byte_identical(project):
     project.doit("recipe:demo")
     run = project.runs()[0]

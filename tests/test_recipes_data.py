@@ -79,7 +79,7 @@ def test_quick_recipe_differs_from_the_flagship_only_in_training_budget():
     quick = yaml.safe_load((ROOT / "recipes" / "pace-planner-quick.yaml").read_text())
     # same base, data, evals and criteria: the quick build reuses base, dataset and baseline eval from the store
     assert {k: v for k, v in quick.items() if k != "train"} == {k: v for k, v in full.items() if k != "train"}
-    assert full["train"] == {"method": "sft-lora", "replay": 0.25}
+    assert full["train"] == {"method": "sft-lora", "replay": 0.35}
     assert quick["train"]["replay"] == 0 and quick["train"]["steps"] < 500
     assert full["criteria"] == {"primary_min": 0.95, "breadth_drop_max_pp": 3.0}
     assert full["evals"] == {"primary": "json-action", "regression": ["breadth"], "extra": ["perplexity", "risk-probes"]}

@@ -71,6 +71,20 @@ def test_resolve_base_fills_defaults_and_keys_on_options():
     assert other != cfg and other["options"]["steps"] == 10
 
 
+def test_precision_is_resolved_into_the_base_key(monkeypatch):
+    import factory_plugins.tiny.family as family
+
+    fam = TinyFamily()
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(family, "native_bf16", lambda native=native: native)
+        cfg = fam.resolve_base({"model": "tiny-llama", "options": {}}, REPO)
+        assert cfg["options"]["precision"] == expected  # never "auto": the key names the arithmetic
+    explicit = fam.resolve_base({"model": "tiny-llama", "options": {"precision": "bf16"}}, REPO)
+    assert explicit["options"]["precision"] == "bf16" and explicit != cfg
+    with pytest.raises(FactoryError, match="base.options.precision"):
+        fam.resolve_base({"model": "tiny-llama", "options": {"precision": "fp8"}}, REPO)
+
+
 @pytest.mark.parametrize(
     "spec, needle",
     [
@@ -96,13 +110,21 @@ def test_default_train_params_are_accepted_by_the_trainer():
 
     ctx = TrainDefaultsContext(method="sft-lora", train_rows=1858, heldout_rows=502, device="cpu", processes=1, intent={})
     params = TinyFamily().default_train_params(ctx)
-    assert params["steps"] == 750 and params["lr"] == 5e-3 and params["replay"] == 0.5
+    # eleven passes over the task rows, half of each 32-row batch being replay: 11 * 1858 / 16 = 1277
+    assert params["steps"] == 1300 and params["lr"] == 5e-3 and params["replay"] == 0.5
+    assert params["precision"] in ("bf16", "fp32")
     parsed = parse_params(params)
     assert parsed.lora.r == 16 and parsed.lora.alpha == 32 and set(parsed.lora.target_modules) == set(LORA_TARGETS)
+    # the recipe's replay share sets how many steps make the same passes: 11 * 1858 / (32 * 0.65) = 983
+    flagship = TinyFamily().default_train_params(
+        TrainDefaultsContext(method="sft-lora", train_rows=1858, heldout_rows=502, device="cpu", processes=1,
+                             intent={"replay": 0.35})
+    )
+    assert flagship["steps"] == 1000 and flagship["replay"] == 0.35
     big = TinyFamily().default_train_params(
         TrainDefaultsContext(method="sft-lora", train_rows=8000, heldout_rows=0, device="cpu", processes=1, intent={})
     )
-    assert params["steps"] < big["steps"] <= 1500
+    assert params["steps"] < big["steps"] <= 2000
 
 
 def test_tokenizer_round_trips_rows_and_has_distinct_special_tokens(corpus):
@@ -190,10 +212,11 @@ def test_registered_through_the_plugin_hook():
 
 @pytest.mark.slow
 def test_default_base_learns_the_breadth_skills(tmp_path):
-    """The default schedule on the default 20,000-row corpus (about two and a half minutes of pretraining).
+    """The default schedule on the default 20,000-row corpus (about two minutes of pretraining).
 
-    Measured: 44% held-out exact match overall (2,400 steps); count, sort, weekday and numeral
-    at 95-100%, copying made-up words far lower.
+    Measured: 81% held-out exact match overall (2,600 steps of 64 rows, bf16 products on two
+    threads); count, sort, weekday and numeral at 95-100%, copying made-up words 95%, reversing
+    them 39%.
     """
     from factory_plugins.tiny.pretrain import build
 
@@ -205,5 +228,5 @@ def test_default_base_learns_the_breadth_skills(tmp_path):
             (ho if heldout(r, 20) else tr).write(json.dumps(r) + "\n")
     info = build(corpus, tmp_path / "base", {}, log=lambda s: None)
     check = info["heldout_breadth"]
-    assert check["exact_match"] >= 0.35
-    assert all(check["per_skill"][s] >= 0.75 for s in ("count", "sort", "weekday", "numeral"))
+    assert check["exact_match"] >= 0.6
+    assert all(check["per_skill"][s] >= 0.75 for s in ("count", "sort", "weekday", "numeral", "copy"))

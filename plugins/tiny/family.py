@@ -5,104 +5,37 @@ A fresh machine with no GPU and no model hub still gets a real base model: the
 pretrains a small causal LM on it (see `pretrain.py`). LoRA training and
 evaluation then load it with transformers and peft like any other checkpoint.
 
-The prompt template lives here, once: pretraining, LoRA training and
-evaluation all render prompts with `format_prompt`.
+The prompt template and the base's options live in `base.py`, once:
+pretraining, LoRA training and evaluation all render prompts with
+`format_prompt`.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Any, Callable
 
 from factory.errors import FactoryError
 from factory.interfaces import LoadedModel, TrainDefaultsContext
+from factory_plugins.tiny.base import (  # noqa: F401 (re-exported: the family's template and options)
+    ATTENTION,
+    TEMPLATE,
+    TinyBaseOptions,
+    format_prompt,
+    native_bf16,
+    parse_base_options,
+)
 
 __version__ = "1.0"
 
-TEMPLATE = "{prompt}\n=>"
 MODELS = ("tiny-llama",)
 METHODS = ("sft-lora",)
-# Eager attention ran 22% faster than SDPA per training step at this size on CPU (measured).
-ATTENTION = "eager"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Modules whose code decides what the built base is; their AST digests go into the base config,
-# so editing the pretraining code rebuilds the base while editing a comment does not.
-CODE_MODULES = ("factory_plugins.tiny.family", "factory_plugins.tiny.pretrain", "factory.ml.text")
-
-
-def format_prompt(prompt: str) -> str:
-    """The tiny family's template: the text a task prompt is conditioned on."""
-    return TEMPLATE.format(prompt=prompt)
-
-
-class TinyBaseOptions(BaseModel):
-    """Architecture and pretraining settings of a tiny base (recipe: base.options)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # architecture
-    vocab_size: int = Field(512, ge=260, le=65536, description="BPE vocabulary size, bytes and special tokens included")
-    hidden_size: int = Field(128, ge=8, description="model width")
-    intermediate_size: int = Field(512, ge=8, description="MLP width")
-    layers: int = Field(2, ge=1, description="decoder layers")
-    heads: int = Field(4, ge=1, description="attention heads")
-    max_positions: int = Field(256, ge=16, description="longest sequence the model accepts, in tokens")
-    # pretraining
-    # 2,400 steps: about 2.5 minutes on one core. Measured on the 14-skill corpus: 2 layers at
-    # 2,400 steps reached 44% held-out breadth and 84% on the planner after LoRA; 3 layers at 1,800
-    # steps (the same time) reached 42% and the same 84%, with a LoRA a third slower.
-    steps: int = Field(2600, ge=1, description="optimizer steps of pretraining")
-    batch_size: int = Field(64, ge=1, description="rows per step")
-    lr: float = Field(3e-3, gt=0, description="peak learning rate (AdamW)")
-    warmup_steps: int = Field(50, ge=0, description="linear warm-up steps before the cosine decay")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final learning rate as a fraction of the peak")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    seed: int = Field(0, description="seed of initialisation and data order")
-    threads: int = Field(
-        2, ge=1, le=256, description="torch threads for pretraining (another count gives bitwise different weights)"
-    )
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto",
-        description="matrix products in pretraining: bf16 autocast (fp32 weights) or fp32; auto picks bf16 where "
-        "the CPU computes it natively (AVX512-BF16 or AMX) and records the choice in the base's key",
-    )
-    eval_rows: int = Field(400, ge=0, description="held-out breadth rows checked by greedy generation after pretraining")
-
-    def check(self) -> None:
-        if self.hidden_size % self.heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}")
-
-
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (read from /proc/cpuinfo: no torch import at plan time)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def _options_error(e: ValidationError) -> FactoryError:
-    first = e.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = f"unknown option; the tiny family knows: {', '.join(TinyBaseOptions.model_fields)}"
-    return FactoryError(f"base.options.{loc}: {msg}")
-
-
-def parse_base_options(options: dict[str, Any] | None) -> TinyBaseOptions:
-    try:
-        opts = TinyBaseOptions.model_validate(options or {})
-        opts.check()
-    except ValidationError as e:
-        raise _options_error(e) from None
-    except ValueError as e:
-        raise FactoryError(f"base.options: {e}") from None
-    return opts
+# so editing the pretraining code rebuilds the base while editing a comment (or this module's
+# training defaults) does not.
+CODE_MODULES = ("factory_plugins.tiny.base", "factory_plugins.tiny.pretrain", "factory.ml.text")
 
 
 def _code_digest() -> str:
@@ -143,14 +76,15 @@ class TinyFamily:
     def default_train_params(self, ctx: TrainDefaultsContext) -> dict[str, Any]:
         if ctx.method not in METHODS:
             raise self._unknown_method(ctx.method)
-        # About six and a half passes over the task rows, with replayed breadth rows taking half of
-        # each batch: 750 steps (90-100 s on CPU) for the ~1,900-row planner task. Measured on the
-        # planner: a quarter of replay (what its recipe asks for) over 750 steps reached 90% with
-        # breadth 3.9 points down; over 500 steps 87% and 5.5 down; half of replay over 500 steps
-        # 74% and 3.1 down.
-        batch, replay, passes = 32, 0.5, 6.5
+        # Eleven passes over the task rows, whatever share of each batch the recipe gives to replayed
+        # breadth rows (half by default). Measured on the planner with the bf16 base (81% breadth):
+        # a quarter of replay over 750 steps (6.5 passes) reached 97.6% with breadth 3.3 points
+        # down; half over 750 steps 94.2% and +0.6; half over 1,100 (9.5 passes) 95.8% and +0.9;
+        # 35% over 1,000 steps (11 passes) 97.4% and -1.1.
+        batch, passes = int(ctx.intent.get("batch_size", 32)), 11.0
+        replay = float(ctx.intent.get("replay", 0.5))
         steps = 50 * round(passes * ctx.train_rows / (batch * (1 - replay)) / 50)
-        steps = min(800, max(300, steps))
+        steps = min(2000, max(300, steps))
         return {
             "steps": steps,
             "lr": 5e-3,

@@ -26,7 +26,14 @@ import xxhash
 
 from factory.errors import FactoryError
 from factory.records import read_rows
-from factory_plugins.tiny.family import ATTENTION, TEMPLATE, TinyBaseOptions, format_prompt, parse_base_options
+from factory_plugins.tiny.base import (
+    ATTENTION,
+    TEMPLATE,
+    TinyBaseOptions,
+    format_prompt,
+    native_bf16,
+    parse_base_options,
+)
 
 EOS = "<eos>"
 PAD = "<pad>"
@@ -283,8 +290,6 @@ def build(breadth_dir: Path, out: Path, options: dict[str, Any], model_id: str =
 
     opts = parse_base_options(options)
     if opts.precision == "auto":
-        from factory_plugins.tiny.family import native_bf16
-
         opts.precision = "bf16" if native_bf16() else "fp32"
     breadth_dir, out = Path(breadth_dir), Path(out)
     train_rows = read_rows(breadth_dir / "train.jsonl")
