@@ -178,6 +178,14 @@ def test_build_is_deterministic(built):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
+def test_fp32_build_is_deterministic_and_recorded(tmp_path, corpus):
+    from factory_plugins.tiny.pretrain import build
+
+    infos = [build(corpus, tmp_path / name, {**SMALL, "precision": "fp32"}, log=lambda s: None) for name in "ab"]
+    assert infos[0]["options"]["precision"] == "fp32"
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
 def test_build_writes_a_loadable_checkpoint_and_its_record(built):
     from factory.ml.generate import generate as greedy
     from factory.records import TrainLogLine
