@@ -37,10 +37,11 @@ class TinyBaseOptions(BaseModel):
     heads: int = Field(4, ge=1, description="attention heads")
     max_positions: int = Field(256, ge=16, description="longest sequence the model accepts, in tokens")
     # pretraining
-    # 2,600 steps of 64 rows: about 2 minutes on two cores with bf16 products. Measured on the
-    # 14-skill corpus: 81% held-out breadth and 97% on the planner after LoRA. The copy skills
-    # learn late (loss 0.8 at step 750, 0.3 at 1,250, 0.03 at 2,500); the same rows one thread
-    # and fp32 at a time took 2.7x as long, and 2,400 steps of 32 rows in that time reached 48%.
+    # 2,600 steps of 64 rows: 2-2.5 minutes on two cores with bf16 products. Measured on the
+    # 14-skill corpus: 80-81% held-out breadth and 97% on the planner after LoRA. The copy skills
+    # learn late (loss 0.8 at step 750, 0.3 at 1,250, 0.03 at 2,500); one thread in fp32 makes
+    # 2-2.5x fewer rows a second (bench/bench_pretrain.py), and its 2,400 steps of 32 rows in the
+    # same time reached 48%.
     steps: int = Field(2600, ge=1, description="optimizer steps of pretraining")
     batch_size: int = Field(64, ge=1, description="rows per step")
     lr: float = Field(3e-3, gt=0, description="peak learning rate (AdamW)")

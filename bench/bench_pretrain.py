@@ -1,0 +1,78 @@
+"""Pretraining throughput of the tiny base: threads, batch size and bf16 products, against 1 thread fp32.
+
+    python bench/bench_pretrain.py [--steps 40]
+
+Times optimizer steps of the real pretraining loop pieces (packed batches, the tiny Llama, AdamW) on
+the default breadth corpus, for each setting in turn in this one process, and prints rows per second
+and the ratio to the first setting (1 thread, fp32, 32 rows a step: the tiny base's old default).
+bf16 rows need a CPU with native bf16 (AVX512-BF16 or AMX); elsewhere they are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+SETTINGS = [  # (threads, rows per step, precision)
+    (1, 32, "fp32"),
+    (2, 32, "fp32"),
+    (2, 64, "fp32"),
+    (2, 32, "bf16"),
+    (2, 64, "bf16"),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=40)
+    args = ap.parse_args()
+
+    import torch
+    import torch.nn.functional as F
+    from transformers import LlamaForCausalLM
+
+    from factory.interfaces import LoadedModel
+    from factory.ml.text import encode_examples
+    from factory_plugins.breadth import generate
+    from factory_plugins.tiny import pretrain as P
+    from factory_plugins.tiny.base import ATTENTION, format_prompt, native_bf16, parse_base_options
+
+    rows = list(generate(20000, 0))
+    tok = P.train_tokenizer(rows, 512)
+    opts = parse_base_options({})
+    lm = LoadedModel(model=None, tokenizer=tok, format_prompt=format_prompt, eos_token_id=tok.eos_token_id,
+                     pad_token_id=tok.pad_token_id, max_length=opts.max_positions, info={"add_bos": False})
+    examples = encode_examples(lm, rows, opts.max_positions)
+    base_rate = None
+    print(f"{'threads':>7} {'rows':>5} {'precision':>9} {'ms/step':>8} {'rows/s':>7} {'ratio':>6}")
+    for threads, batch, precision in SETTINGS:
+        if precision == "bf16" and not native_bf16():
+            print(f"{threads:>7} {batch:>5} {precision:>9}  skipped: no native bf16 on this CPU")
+            continue
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        model = LlamaForCausalLM._from_config(P.model_config(opts, tok), attn_implementation=ATTENTION)
+        optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, betas=(0.9, 0.95))
+        order = P._batch_order(examples, batch, 0)
+        times = []
+        for _ in range(args.steps + 5):
+            start = time.perf_counter()
+            b = P.collate_packed([examples[i] for i in next(order)], tok.pad_token_id)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                               position_ids=b["position_ids"]).logits
+            loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)), b["labels"][:, 1:].reshape(-1),
+                                   ignore_index=-100)
+            loss.backward()
+            optim.step()
+            optim.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - start)
+        step = statistics.median(times[5:])  # the first steps warm allocators and kernels up
+        rate = batch / step
+        base_rate = base_rate or rate
+        print(f"{threads:>7} {batch:>5} {precision:>9} {step * 1000:>8.1f} {rate:>7.0f} {rate / base_rate:>5.2f}x")
+
+
+if __name__ == "__main__":
+    main()
