@@ -103,8 +103,11 @@ def _generate_batch(model: Any, seqs: list[list[int]], lm: Any, max_new: int, ct
     while True:
         nxt = out.logits[:, -1, :].argmax(-1)
         is_stop = torch.isin(nxt, stop_t)
-        for r in torch.nonzero(~done & ~is_stop).flatten().tolist():
-            produced[int(rows[r])].append(int(nxt[r]))
+        # One conversion to Python lists per step: indexing tensors element by element costs
+        # microseconds each, which at 64 rows a step is a fifth of a tiny model's forward pass.
+        for row, tok, live in zip(rows.tolist(), nxt.tolist(), (~done & ~is_stop).tolist()):
+            if live:
+                produced[row].append(tok)
         step += 1
         done = done | is_stop | (step >= limit)
         if bool(done.all()):
