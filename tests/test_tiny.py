@@ -72,11 +72,11 @@ def test_resolve_base_fills_defaults_and_keys_on_options():
 
 
 def test_precision_is_resolved_into_the_base_key(monkeypatch):
-    import factory_plugins.tiny.family as family
+    import factory_plugins.tiny.base as base
 
     fam = TinyFamily()
     for native, expected in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(family, "native_bf16", lambda native=native: native)
+        monkeypatch.setattr(base, "native_bf16", lambda native=native: native)
         cfg = fam.resolve_base({"model": "tiny-llama", "options": {}}, REPO)
         assert cfg["options"]["precision"] == expected  # never "auto": the key names the arithmetic
     explicit = fam.resolve_base({"model": "tiny-llama", "options": {"precision": "bf16"}}, REPO)

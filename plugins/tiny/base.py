@@ -90,6 +90,8 @@ def parse_base_options(options: dict[str, Any] | None) -> TinyBaseOptions:
         raise _options_error(e) from None
     except ValueError as e:
         raise FactoryError(f"base.options: {e}") from None
+    if opts.precision == "auto":  # resolved once, here, so the base's key names the arithmetic that built it
+        opts.precision = "bf16" if native_bf16() else "fp32"
     return opts
 
 

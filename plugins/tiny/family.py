@@ -57,8 +57,6 @@ class TinyFamily:
         if model not in MODELS:
             raise FactoryError(f"base.model: the tiny family builds {', '.join(MODELS)}, not {model!r}")
         opts = parse_base_options(spec.get("options"))
-        if opts.precision == "auto":  # resolved here, so the key says which arithmetic built the weights
-            opts.precision = "bf16" if native_bf16() else "fp32"
         return {
             "family": self.name,
             "family_version": self.version,

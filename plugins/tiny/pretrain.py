@@ -31,7 +31,6 @@ from factory_plugins.tiny.base import (
     TEMPLATE,
     TinyBaseOptions,
     format_prompt,
-    native_bf16,
     parse_base_options,
 )
 
@@ -289,8 +288,6 @@ def build(breadth_dir: Path, out: Path, options: dict[str, Any], model_id: str =
     from factory.ml.text import encode_example
 
     opts = parse_base_options(options)
-    if opts.precision == "auto":
-        opts.precision = "bf16" if native_bf16() else "fp32"
     breadth_dir, out = Path(breadth_dir), Path(out)
     train_rows = read_rows(breadth_dir / "train.jsonl")
     heldout_rows = read_rows(breadth_dir / "heldout.jsonl")
