@@ -250,8 +250,7 @@ INSERT INTO sample_sets
 SELECT digest, j.id, j.skill, j.expected, j.output, j.correct FROM (
     SELECT digest, json_transform(line, '{"id":"VARCHAR","skill":"VARCHAR","expected":"VARCHAR",
                                           "output":"VARCHAR","correct":"BOOLEAN"}') AS j
-    FROM (SELECT m.digest, unnest(string_split(t.content, chr(10))) AS line
-          FROM read_text($files) t JOIN sample_paths m ON m.path = t.filename)
+    FROM (SELECT digest, unnest(string_split(content, chr(10))) AS line FROM sample_src)
     WHERE trim(line) <> '' AND json_valid(line))
 """
 
@@ -279,7 +278,7 @@ def connect(runs_dir: Path, read_only: bool = True, wait_s: float = 3.0):
     while True:
         try:
             if read_only:
-                return duckdb.connect(str(path), read_only=True)
+                return _quiet(duckdb.connect(str(path), read_only=True))
             return _writer(duckdb.connect(str(path), config={"storage_compatibility_version": STORAGE_COMPAT}))
         except duckdb.IOException as e:
             if not _is_lock_error(e):
@@ -291,7 +290,15 @@ def connect(runs_dir: Path, read_only: bool = True, wait_s: float = 3.0):
         delay = min(delay * 2, 0.25)
 
 
+def _quiet(con):
+    # No progress bar: DuckDB draws one on the terminal for queries over two seconds, into the
+    # output of `factory sql` and of a build that refreshes a large index.
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
 def _writer(con):
+    _quiet(con)
     # timestamps are stored as UTC TIMESTAMP: a TIMESTAMPTZ would need pytz in every Python reader
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET preserve_insertion_order = false")
@@ -371,7 +378,7 @@ def _content_changed(run: Path, stored: str | None) -> tuple[bool, str]:
 
 BULK_MIN = 2500  # above this many runs, read a record file of every run with a glob
 CHECKPOINT_RUNS = 50  # a refresh that changes this many runs folds the write-ahead log into the file
-CHUNK = 2000  # files per read_text list: DuckDB's long file lists scale badly
+CHUNK = 2000  # sample files read and handed to DuckDB at a time
 
 
 def _ensure_schema(con) -> bool:
@@ -396,24 +403,48 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _source(runs_dir: Path, runs: dict[str, tuple[Path, str]], name: str) -> str:
-    """SQL for (run_id, content) of one record file of every run in `runs`."""
-    empty = "(SELECT NULL::VARCHAR AS run_id, NULL::VARCHAR AS content WHERE false)"
-    base = str(runs_dir.resolve())
-    if len(runs) > BULK_MIN and not any(c in base for c in "*?[]{}"):
-        pattern = f"{base}/*/{name}"
-        if not any((p / name).is_file() for p, _ in runs.values()):
-            return empty
-        return (f"(SELECT split_part(filename, '/', -2) AS run_id, content FROM read_text({_lit(pattern)}) "
-                f"WHERE split_part(filename, '/', -2) IN (SELECT run_id FROM paths))")
-    files = [str(p / name) for p, _ in runs.values() if (p / name).is_file()]
-    if not files:
-        return empty
-    listed = ", ".join(_lit(f) for f in files)
-    return f"(SELECT split_part(filename, '/', -2) AS run_id, content FROM read_text([{listed}]))"
+def _read_text(path: str) -> str | None:
+    """A small file's text (undecodable bytes replaced), or None when it is missing."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+    except IsADirectoryError:
+        return None
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", errors="replace")
 
 
-def _ingest(con, runs_dir: Path, runs: dict[str, tuple[Path, str]], digests: dict[str, str]) -> list[str]:
+def _src_table(name: str) -> str:
+    return "src_" + "".join(c if c.isalnum() else "_" for c in name)
+
+
+def _source(con, runs: dict[str, tuple[Path, str]], name: str) -> str:
+    """SQL for (run_id, content) of one record file of every run in `runs`.
+
+    The files are read here and handed to DuckDB as one list: on 10,000 runs that takes about
+    half the time of DuckDB's own `read_text` over a glob or a file list, which opens them one by
+    one at about 20 µs each.
+    """
+    ids: list[str] = []
+    texts: list[str] = []
+    for run_id, (path, _) in runs.items():
+        text = _read_text(os.path.join(path, name))
+        if text is not None:
+            ids.append(run_id)
+            texts.append(text)
+    table = _src_table(name)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT unnest($ids) AS run_id, unnest($texts) AS content",
+                {"ids": ids, "texts": texts})
+    return f"(SELECT run_id, content FROM {table})"
+
+
+def _ingest(con, runs: dict[str, tuple[Path, str]], digests: dict[str, str]) -> list[str]:
     """Insert every table's rows for `runs` (none of which is in the index now); return those unreadable."""
     if not runs:
         return []
@@ -425,9 +456,9 @@ def _ingest(con, runs_dir: Path, runs: dict[str, tuple[Path, str]], digests: dic
     for name, table in _DOC_TABLES.items():
         shape = " ".join(_SHAPES[name].split())
         if name in _SHARED:
-            _shared_doc(con, runs_dir, runs, name, table, shape)
+            _shared_doc(con, runs, name, table, shape)
         else:
-            con.execute(_DOC_SQL.format(table=table, shape=shape, src=_source(runs_dir, runs, name)))
+            con.execute(_DOC_SQL.format(table=table, shape=shape, src=_source(con, runs, name)))
     con.execute(_RUNS_SQL)
     unreadable = [r for (r,) in con.execute(
         "SELECT run_id FROM paths WHERE run_id NOT IN (SELECT run_id FROM d_cfg) ORDER BY run_id").fetchall()]
@@ -437,18 +468,18 @@ def _ingest(con, runs_dir: Path, runs: dict[str, tuple[Path, str]], digests: dic
     con.execute(_SUMMARY_SQL)
     con.execute(_SCORES_SQL.format(table="eval_scores", column="scores"))
     con.execute(_SCORES_SQL.format(table="eval_skills", column="per_skill"))
-    con.execute(_TRAIN_LOG_SQL.replace("{src}", _source(runs_dir, runs, "train.log")))
-    con.execute(_STAGES_SQL.replace("{src}", _source(runs_dir, runs, "events.jsonl")))
+    con.execute(_TRAIN_LOG_SQL.replace("{src}", _source(con, runs, "train.log")))
+    con.execute(_STAGES_SQL.replace("{src}", _source(con, runs, "events.jsonl")))
     con.execute(_BUILD_SECONDS_SQL)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     con.execute("INSERT INTO ingested SELECT run_id, path, sig, digest, $now FROM paths", {"now": now})
-    _ingest_samples(con, runs_dir)
-    for t in ("suites", "paths", *_DOC_TABLES.values()):
+    _ingest_samples(con)
+    for t in ("suites", "paths", *_DOC_TABLES.values(), *map(_src_table, RECORD_FILES)):
         con.execute(f"DROP TABLE IF EXISTS {t}")
     return unreadable
 
 
-def _shared_doc(con, runs_dir: Path, runs: dict[str, tuple[Path, str]], name: str, table: str, shape: str) -> None:
+def _shared_doc(con, runs: dict[str, tuple[Path, str]], name: str, table: str, shape: str) -> None:
     """Read `name` once per stage key (runs/d_man must be loaded) and give every run its copy."""
     stage = _SHARED[name]
     pairs = con.execute(
@@ -463,14 +494,14 @@ def _shared_doc(con, runs_dir: Path, runs: dict[str, tuple[Path, str]], name: st
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE {table} AS "
         f"WITH doc AS (SELECT run_id AS rep, json_transform(content, {_lit(shape)}) AS j "
-        f"FROM {_source(runs_dir, reps, name)} "
+        f"FROM {_source(con, reps, name)} "
         "WHERE json_valid(content)), "
         "rk AS (SELECT unnest($ids) AS run_id, unnest($reps) AS rep) "
         "SELECT rk.run_id, doc.j FROM rk JOIN doc USING (rep)",
         {"ids": ids, "reps": [rep_of_key[k] for r, k in pairs if k in rep_of_key]})
 
 
-def _ingest_samples(con, runs_dir: Path) -> None:
+def _ingest_samples(con) -> None:
     """Read the sample files whose digest the index does not hold yet (one file per digest)."""
     rows = con.execute(
         "SELECT s.samples.digest, any_value(p.path || '/' || s.samples.path) FROM suites s JOIN paths p USING (run_id) "
@@ -478,16 +509,15 @@ def _ingest_samples(con, runs_dir: Path) -> None:
         "AND s.samples.digest NOT IN (SELECT samples_digest FROM evals WHERE samples_digest IS NOT NULL "
         "AND run_id NOT IN (SELECT run_id FROM paths)) "
         "GROUP BY s.samples.digest").fetchall()
-    todo = [(p, d) for d, p in rows if os.path.isfile(p)]
-    if not todo:
-        return
-    con.execute("CREATE OR REPLACE TEMP TABLE sample_paths AS SELECT unnest($p) AS path, unnest($d) AS digest",
-                {"p": [p for p, _ in todo], "d": [d for _, d in todo]})
-    # DuckDB opens a long file list in time that grows faster than its length: read in chunks
-    paths = [p for p, _ in todo]
-    for i in range(0, len(paths), CHUNK):
-        con.execute(_SAMPLES_SQL, {"files": paths[i:i + CHUNK]})
-    con.execute("DROP TABLE sample_paths")
+    # read in chunks, so that memory holds one chunk of sample files at a time
+    for i in range(0, len(rows), CHUNK):
+        part = [(d, text) for d, p in rows[i:i + CHUNK] if (text := _read_text(p)) is not None]
+        if not part:
+            continue
+        con.execute("CREATE OR REPLACE TEMP TABLE sample_src AS SELECT unnest($d) AS digest, unnest($t) AS content",
+                    {"d": [d for d, _ in part], "t": [t for _, t in part]})
+        con.execute(_SAMPLES_SQL)
+    con.execute("DROP TABLE IF EXISTS sample_src")
 
 
 def _delete_runs(con, run_ids: list[str]) -> None:
@@ -550,7 +580,7 @@ def _refresh_into(con, runs_dir: Path, deep: bool, only: list[str] | None = None
             con.executemany("UPDATE ingested SET sig = ?, digest = ? WHERE run_id = ?",
                             [(found[r][1], digests[r], r) for r in touched])
         _delete_runs(con, removed + list(changed))
-        unreadable = _ingest(con, runs_dir, {**new, **changed}, digests)
+        unreadable = _ingest(con, {**new, **changed}, digests)
         if removed or changed:
             con.execute("DELETE FROM sample_sets WHERE samples_digest NOT IN "
                         "(SELECT samples_digest FROM evals WHERE samples_digest IS NOT NULL)")

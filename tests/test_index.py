@@ -84,7 +84,7 @@ def test_refresh_reads_only_new_runs(project, monkeypatch):
 
     seen = []
     real = index._ingest
-    monkeypatch.setattr(index, "_ingest", lambda con, d, runs, dig: (seen.append(sorted(runs)), real(con, d, runs, dig)))
+    monkeypatch.setattr(index, "_ingest", lambda con, runs, dig: (seen.append(sorted(runs)), real(con, runs, dig)))
     again = index.refresh(runs_dir)
     assert again["new"] == 0 and again["changed"] == 0 and again["unchanged"] == first["new"]
     assert seen == [[]]
