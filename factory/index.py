@@ -439,7 +439,9 @@ def _source(con, runs: dict[str, tuple[Path, str]], name: str) -> str:
             ids.append(run_id)
             texts.append(text)
     table = _src_table(name)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT unnest($ids) AS run_id, unnest($texts) AS content",
+    # typed, so that a file no run has still gives the VARCHAR columns json_transform expects
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS "
+                "SELECT unnest($ids::VARCHAR[]) AS run_id, unnest($texts::VARCHAR[]) AS content",
                 {"ids": ids, "texts": texts})
     return f"(SELECT run_id, content FROM {table})"
 

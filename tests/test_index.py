@@ -367,3 +367,15 @@ def test_a_run_with_a_broken_file_does_not_stop_the_others(project):
                                               "method": "sft-lora"}))
     assert index.refresh(runs_dir)["changed"] == 1
     assert q(runs_dir, "SELECT recipe FROM runs WHERE run_id = ?", [bad.name]) == [("pace-planner",)]
+
+
+def test_a_record_file_no_run_has_does_not_stop_the_ingest(tmp_path):
+    runs_dir = tmp_path / "runs"
+    made = make_runs(runs_dir, 3, seed=5, incomplete_every=0)
+    for run in made:  # runs written before these files existed, or by a stage that was skipped
+        for name in ("eval-baseline.json", "eval-candidate.json", "train.log", "events.jsonl"):
+            (run / name).unlink()
+    res = index.refresh(runs_dir)
+    assert res["new"] == 3 and res["unreadable"] == []
+    assert q(runs_dir, "SELECT count(*) FROM runs")[0][0] == 3
+    assert q(runs_dir, "SELECT count(*) FROM train_log")[0][0] == 0
