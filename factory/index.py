@@ -376,7 +376,7 @@ def _content_changed(run: Path, stored: str | None) -> tuple[bool, str]:
 
 # --- refresh -------------------------------------------------------------------------------
 
-BULK_MIN = 2500  # above this many runs, read a record file of every run with a glob
+BULK_MIN = 2500  # above this many new or changed runs, a refresh skips their record-file digests
 CHECKPOINT_RUNS = 50  # a refresh that changes this many runs folds the write-ahead log into the file
 CHUNK = 2000  # sample files read and handed to DuckDB at a time
 
