@@ -2,7 +2,7 @@
 
     python bench/bench_pretrain.py [--steps 40]
 
-Times optimizer steps of the real pretraining loop pieces (packed batches, the tiny Llama, AdamW) on
+Times the pretraining step itself (`train_step` on packed batches, the tiny Llama, AdamW) on
 the default breadth corpus, for each setting in turn in this one process, and prints rows per second
 and the ratio to the first setting (1 thread, fp32, 32 rows a step: the tiny base's old default).
 bf16 rows need a CPU with native bf16 (AVX512-BF16 or AMX); elsewhere they are skipped.
@@ -29,7 +29,6 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    import torch.nn.functional as F
     from transformers import LlamaForCausalLM
 
     from factory.interfaces import LoadedModel
@@ -53,20 +52,14 @@ def main() -> None:
         torch.set_num_threads(threads)
         torch.manual_seed(0)
         model = LlamaForCausalLM._from_config(P.model_config(opts, tok), attn_implementation=ATTENTION)
-        optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, betas=(0.9, 0.95))
+        optim = P.make_optimizer(model, opts)
+        model.train()
         order = P._batch_order(examples, batch, 0)
         times = []
         for _ in range(args.steps + 5):
             start = time.perf_counter()
-            b = P.collate_packed([examples[i] for i in next(order)], tok.pad_token_id)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                               position_ids=b["position_ids"]).logits
-            loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)), b["labels"][:, 1:].reshape(-1),
-                                   ignore_index=-100)
-            loss.backward()
-            optim.step()
-            optim.zero_grad(set_to_none=True)
+            P.train_step(model, optim, P.collate_packed([examples[i] for i in next(order)], tok.pad_token_id),
+                         precision == "bf16")
             times.append(time.perf_counter() - start)
         step = statistics.median(times[5:])  # the first steps warm allocators and kernels up
         rate = batch / step

@@ -167,6 +167,40 @@ def _batch_order(examples: list[Any], batch_size: int, seed: int) -> Iterator[li
         del order[:batch_size]
 
 
+def make_optimizer(model: Any, opts: TinyBaseOptions) -> Any:
+    """AdamW over every trainable weight, with weight decay on matrices only."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(
+        [{"params": [p for p in params if p.dim() >= 2], "weight_decay": opts.weight_decay},
+         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+        lr=opts.lr,
+        betas=(0.9, 0.95),
+    )
+
+
+def train_step(model: Any, optim: Any, batch: dict[str, Any], bf16: bool) -> float:
+    """One optimizer step on a packed batch (answer-only loss, gradients clipped at 1); returns the loss.
+
+    bf16 autocast keeps fp32 weights and optimizer state; only the matrix products run in bf16.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    labels = batch["labels"]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+        ).logits
+    loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    optim.step()
+    optim.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
 def pretrain(
     model: Any,
     examples: list[Any],
@@ -176,42 +210,19 @@ def pretrain(
     progress: Callable[[int, float], None] = lambda step, loss: None,
 ) -> dict[str, Any]:
     """Train all weights with answer-only loss; returns steps, seconds, final loss, tokens."""
-    import torch
-    import torch.nn.functional as F
-
     batches = _batch_order(examples, opts.batch_size, opts.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    optim = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=opts.lr,
-        betas=(0.9, 0.95),
-    )
+    optim = make_optimizer(model, opts)
     model.train()
-    # bf16 autocast keeps fp32 weights and optimizer state; only the matrix products run in bf16.
-    bf16 = opts.precision == "bf16"
     start = time.perf_counter()
     window_loss, window_n, window_tokens, tokens = 0.0, 0, 0, 0
     last_log = start
     final_loss = float("nan")
     for step in range(opts.steps):
         batch = collate_packed([examples[i] for i in next(batches)], pad_id)
-        labels = batch["labels"]
         lr = lr_at(step, opts)
         for group in optim.param_groups:
             group["lr"] = lr
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
-            ).logits
-        loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optim.step()
-        optim.zero_grad(set_to_none=True)
-
-        value = float(loss.detach())
+        value = train_step(model, optim, batch, opts.precision == "bf16")
         n_tokens = batch["tokens"]
         window_loss += value
         window_n += 1
