@@ -153,7 +153,8 @@ class Plan:
         for i, src in enumerate(spec.sources):
             plugin = self._field(f"{field}.sources.{i}.kind", self.regs.sources.get, src.kind)
             modules.append(_module_of(plugin))
-            self._options(getattr(plugin, "Options", None), src.options, f"{field}.sources.{i}.options")
+            own = {k: v for k, v in src.options.items() if k != "split"}  # split is the dataset stage's
+            self._options(getattr(plugin, "Options", None), own, f"{field}.sources.{i}.options")
             path = None
             if src.path is not None:
                 path = os.path.relpath((recipes_dir / src.path).resolve(), self.root.resolve())
@@ -189,8 +190,11 @@ class Plan:
         base_cfg = {**fam, "model": r.base.model,
                     "base": self._field("", self.family.resolve_base,
                                         {"model": r.base.model, "options": r.base.options}, self.root)}
+        # A family that names the modules its base is built by keeps the rest of its code (training
+        # defaults, loading) out of the base's key, so editing those does not rebuild the base.
+        base_mods = tuple(getattr(self.family, "base_modules", None) or (fam_mod,))
         rows.append(Stage("base", "base", base_cfg, {"breadth": Input(stage="breadth")},
-                          self._code("base", fam_mod, libs=True), run_files=False))
+                          self._code("base", *base_mods, libs=True), run_files=False))
 
         suites = self._suites()
         eval_cfg = self._eval_settings(fam, suites)
@@ -333,7 +337,7 @@ class Plan:
                 raise self._error(f"{field}.kind", f"stage kind {spec.kind!r} cannot be placed by a recipe "
                                   "(it declares no inputs or options)")
             config = {"options": self._options_dump(kind.options, spec.options, f"{field}.options"),
-                      "recipe_primary": self.recipe.evals.primary, "family": self.recipe.base.family,
+                      "family": self.recipe.base.family,
                       **self._plugin("family", self.recipe.base.family)}
             inputs: dict[str, Input] = {}
             for iname, ref in spec.inputs.items():
