@@ -480,6 +480,7 @@ def register_stage_kinds(register):
         StageKind(
             name="dataset",
             build=build_dataset,
+            options=DatasetConfig,  # the recipe's data sections, checked at plan time
             description="validate, dedup and split rows from dataset sources into train.jsonl and heldout.jsonl",
         )
     )
