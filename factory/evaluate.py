@@ -54,10 +54,15 @@ def run_suite(suite: Any, lm: Any, rows: list[dict[str, Any]], settings: dict[st
         data_digest=hashing.digest_json(rows),
         primary_metric=suite.primary_metric,
     )
+    from factory.ml.generate import collect_notes
+
     try:
         if not rows:
             raise FactoryError(f"suite {suite.name}: no {suite.needs} rows to score")
-        output = suite.evaluate(lm, rows, settings)
+        with collect_notes() as notes:
+            output = suite.evaluate(lm, rows, settings)
+        if notes:
+            result.notes = list(notes)
         rel = samples_path(role, suite.name)
         write_samples(out / rel, output.samples)
         result.scores = _scores(output.scores)
@@ -108,6 +113,8 @@ def build_eval(ctx: Any) -> None:
         timings[suite.name] = round(time.perf_counter() - t, 3)
         r = results[-1]
         ctx.log(f"{ctx.stage}: {suite.name} {r.status} in {timings[suite.name]:.1f}s")
+        for note in getattr(r, "notes", None) or []:
+            ctx.log(f"{ctx.stage}: {suite.name}: {note}")
 
     record = EvalRecord(
         role=role,

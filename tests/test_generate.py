@@ -77,3 +77,22 @@ def test_answer_logprobs_batch_invariant_and_sensible(lm):
     assert all(math.isfinite(x) and x > 0 for x in a)
     assert a == pytest.approx(b, rel=1e-5, abs=1e-5)
     assert generate(lm, [], 5) == [] and answer_logprobs(lm, []) == []
+
+
+def test_a_model_with_few_positions_stops_at_its_context_at_every_batch_size(tmp_path):
+    # GPT-2 has learned positions: feeding position 32 to a 32-position table raised IndexError
+    # for rows that had finished while longer ones were still generating.
+    from factory.ml.generate import collect_notes, generate_with_stops
+
+    small = _load(save_toy_model(tmp_path / "g", "gpt2", positions=32), max_length=32)
+    prompts = ["ab", "copy " + "x" * 12, "a", "add 1 2", "xyz " * 4, "q"]
+    with collect_notes() as notes:
+        one, why = generate_with_stops(small, prompts, max_new_tokens=300, batch_size=1)
+    for bs in (2, 4, 64):
+        assert generate_with_stops(small, prompts, max_new_tokens=300, batch_size=bs) == (one, why)
+    for p, ids, reason in zip(prompts, one, why):
+        used = len(encode_prompt(small, p)) + len(ids)
+        assert used <= 32 and reason in ("eos", "context")
+        assert (reason == "context") == (used == 32)
+    assert "context" in why, "toy model too quick to stop to test the context limit"
+    assert len(notes) == 1 and "stopped at the model's context (32 positions)" in notes[0]

@@ -132,3 +132,19 @@ def test_registered_through_the_hook():
 
     regs = plugins.load(only=["factory_plugins.hf"])
     assert isinstance(regs.families.get("hf"), HFFamily)
+
+
+def test_training_lengths_come_from_the_models_positions(tmp_path):
+    # A 1024-token default on a 32-position model indexed past the position table.
+    save_toy_model(tmp_path / "models" / "g", "gpt2", positions=32, init_std=0.02)
+    fam = HFFamily()
+    base = _build_base(fam, tmp_path, "models/g")
+    params = fam.default_train_params(TrainDefaultsContext("sft-lora", len(ROWS), 5, "cpu", 1, {}))
+    assert "max_len" not in params
+    long_rows = [{**r, "prompt": r["prompt"] + " pad" * 3} for r in ROWS]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in long_rows))
+    params.update(steps=2, eval_every=2, threads=1, max_len=1024)
+    ctx = _ctx(tmp_path, "train", params, {"base": base, "train": data, "heldout": data})
+    fam.trainer("sft-lora")(ctx)
+    assert read_record(ctx.out / "train.json", TrainSummary).steps == 2

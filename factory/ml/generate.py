@@ -13,9 +13,32 @@ number the perplexity suite reports.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from typing import Any, Iterator
 
 from factory.ml.text import encode_example, encode_prompt, stop_ids
+
+
+# Notes about generation (rows cut short by the model's context) for whoever is listening: the eval
+# stage collects them per suite into its record, so a cut answer is reported, not silently scored.
+_notes: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("generation_notes", default=None)
+
+
+@contextlib.contextmanager
+def collect_notes() -> Iterator[list[str]]:
+    """Collect the notes generation makes inside the block (a list filled in place)."""
+    notes: list[str] = []
+    token = _notes.set(notes)
+    try:
+        yield notes
+    finally:
+        _notes.reset(token)
+
+
+def _note(text: str) -> None:
+    notes = _notes.get()
+    if notes is not None and text not in notes:
+        notes.append(text)
 
 
 @contextlib.contextmanager
@@ -63,9 +86,22 @@ def generate(lm: Any, prompts: list[str], max_new_tokens: int, batch_size: int =
 
 def generate_ids(lm: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 64) -> list[list[int]]:
     """The token ids `generate` decodes: per prompt, the new tokens before the stop token."""
+    return generate_with_stops(lm, prompts, max_new_tokens, batch_size)[0]
 
+
+STOP_REASONS = ("eos", "max_new_tokens", "context")
+
+
+def generate_with_stops(
+    lm: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 64
+) -> tuple[list[list[int]], list[str]]:
+    """(token ids, stop reasons): per prompt, the new tokens and why generation ended.
+
+    A reason is `eos` (a stop token), `max_new_tokens` (the budget ran out) or
+    `context` (the prompt and the answer filled the model's positions, `lm.max_length`).
+    """
     if not prompts:
-        return []
+        return [], []
     encoded = [encode_prompt(lm, p) for p in prompts]
     ctx = int(lm.max_length)
     keep = max(1, ctx - 1)
@@ -73,13 +109,23 @@ def generate_ids(lm: Any, prompts: list[str], max_new_tokens: int, batch_size: i
     order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
     stops = stop_ids(lm)
     results: list[list[int]] = [[] for _ in prompts]
+    reasons: list[str] = ["eos"] * len(prompts)
     model = lm.model
     with _inference(model):
         for batch in _batches(order, batch_size):
             seqs = [encoded[i] for i in batch]
             for i, out in zip(batch, _generate_batch(model, seqs, lm, max_new_tokens, ctx, stops)):
                 results[i] = out
-    return results
+    for i, out in enumerate(results):
+        room = ctx - len(encoded[i])
+        if len(out) >= min(max_new_tokens, room):
+            # The budget ran out before a stop token: the smaller of the two limits decided it.
+            reasons[i] = "context" if room < max_new_tokens else "max_new_tokens"
+    cut = reasons.count("context")
+    if cut:
+        _note(f"{cut} of {len(prompts)} generations stopped at the model's context ({ctx} positions) "
+              f"before max_new_tokens {max_new_tokens}")
+    return results, reasons
 
 
 def _generate_batch(model: Any, seqs: list[list[int]], lm: Any, max_new: int, ctx: int, stops: set[int]):
@@ -128,7 +174,9 @@ def _generate_batch(model: Any, seqs: list[list[int]], lm: Any, max_new: int, ct
             use_cache=True,
         )
         past = out.past_key_values
-        next_pos = next_pos + 1
+        # Finished rows stay put: their position is one they already had, so a row that filled
+        # the context is never fed a position past the model's table (learned positions).
+        next_pos = torch.where(done, next_pos, next_pos + 1)
     return produced
 
 
