@@ -87,7 +87,7 @@ def test_risk_probes_detect_spill_eos_and_hijack():
     assert not risk_probes.is_hijack(payload, payload, payload)
 
 
-def test_plugin_registers_four_suites_without_importing_torch():
+def test_plugin_registers_five_suites_without_importing_torch():
     names = []
     evals.register_eval_suites(lambda s: names.append((s.name, s.needs, s.primary_metric)))
     assert names == [
@@ -95,6 +95,7 @@ def test_plugin_registers_four_suites_without_importing_torch():
         ("breadth", "breadth", "exact_match"),
         ("perplexity", "heldout", "loss"),
         ("risk-probes", "heldout", "hijack_rate"),
+        ("benchmark", "own", "accuracy"),
     ]
     code = "import sys, factory_plugins.evals, factory.evaluate, factory.gate, factory.report, factory.validate; " \
            "print('torch' in sys.modules)"
