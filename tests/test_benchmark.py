@@ -177,3 +177,29 @@ def test_a_malformed_file_fails_before_the_model_loads(tmp_path, toy):
     with pytest.raises(FactoryError, match=r"evals\.define\.mine\.options\.scorr: unknown option; known: path"):
         build_eval(_ctx(tmp_path, toy, typo))
     assert toy.loads == before
+
+
+def test_a_recipe_defines_instances_whose_files_are_eval_inputs(project, monkeypatch):
+    from factory import plugins
+    from factory.engine import Session
+
+    monkeypatch.setenv("FACTORY_LOAD_PLUGINS", "enginekit,evals")
+    plugins.reset()
+    try:
+        _jsonl(project.root / "evals" / "q.jsonl", [{"prompt": "a", "expected": "b"}])
+        recipe = (project.root / "recipes" / "demo.yaml").read_text().replace(
+            "evals: {primary: fake-primary, regression: [fake-breadth]}",
+            "evals:\n  primary: fake-primary\n  regression: [fake-breadth]\n  extra: [bench]\n"
+            "  define: {bench: {suite: benchmark, options: {path: evals/q.jsonl, scorer: regex}}}")
+        project.set_recipe(recipe)
+        plan = Session(project.root).plan("demo")
+        stage = plan.stages["eval-baseline"]
+        assert [i.path for n, i in stage.inputs.items() if n.startswith("suite.bench")] == [Path("evals/q.jsonl")]
+        entry = [e for e in stage.config["suites"] if e["name"] == "bench"][0]
+        assert entry == {"name": "bench", "suite": "benchmark", "version": "1.0",
+                         "options": {"path": "evals/q.jsonl", "scorer": "regex"}}
+        project.set_recipe(recipe.replace("scorer: regex", "scorer: fuzzy"))
+        with pytest.raises(FactoryError, match=r"evals\.define\.bench\.options\.scorer"):
+            Session(project.root).plan("demo")
+    finally:
+        plugins.reset()
