@@ -203,3 +203,29 @@ def test_a_recipe_defines_instances_whose_files_are_eval_inputs(project, monkeyp
             Session(project.root).plan("demo")
     finally:
         plugins.reset()
+
+
+def test_a_schema_shared_by_contract_and_suite_through_a_yaml_anchor_plans(project, monkeypatch):
+    from factory import plugins
+    from factory.engine import Session
+
+    monkeypatch.setenv("FACTORY_LOAD_PLUGINS", "enginekit,evals")
+    plugins.reset()
+    try:
+        recipe = (project.root / "recipes" / "demo.yaml").read_text().replace(
+            "data: {sources: [{kind: lines, path: demo/lines.txt}]}",
+            "data:\n  sources: [{kind: lines, path: demo/lines.txt}]\n  contract: json-schema\n"
+            "  options:\n    schema: &t {type: object, required: [queue], properties: {queue: {enum: [a, b]}}}",
+        ).replace("evals: {primary: fake-primary, regression: [fake-breadth]}",
+                  "evals:\n  primary: tickets\n  regression: [fake-breadth]\n"
+                  "  define: {tickets: {suite: json-schema, options: {schema: *t}}}")
+        project.set_recipe(recipe)
+        plan = Session(project.root).plan("demo")
+        entry = [e for e in plan.stages["eval-baseline"].config["suites"] if e["name"] == "tickets"][0]
+        assert entry["suite"] == "json-schema" and entry["options"]["schema"]["required"] == ["queue"]
+        assert plan.stages["dataset"].config["options"]["schema"] == entry["options"]["schema"]
+        project.set_recipe(recipe.replace("{schema: *t}", "{schema: {type: 5}}"))
+        with pytest.raises(FactoryError, match=r"evals\.define\.tickets\.options\.schema: .*not a valid JSON Schema"):
+            Session(project.root).plan("demo")
+    finally:
+        plugins.reset()
