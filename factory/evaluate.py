@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from factory import hashing
+from factory import hashing, samplecache
 from factory.errors import FactoryError
 from factory.records import EvalRecord, FileRef, ModelRef, SampleRecord, Score, SuiteResult, read_rows, write_record
 
@@ -141,26 +141,31 @@ def build_eval(ctx: Any) -> None:
     lm = family.load(Path(ctx.inputs["base"]), adapter, dict(cfg.get("load") or {}))
     load_s = time.perf_counter() - t0
 
+    base_digest = ctx.input_digests.get("base") or hashing.digest_tree(Path(ctx.inputs["base"]))
+    adapter_digest = hashing.digest_tree(adapter) if adapter is not None else None
+    root = getattr(ctx, "root", None)
+    cache = samplecache.for_model(Path(root), base_digest, adapter_digest, family.name, lm) if root else None
+
     results = []
     timings: dict[str, float] = {}
-    for spec, suite in zip(specs, suites):
-        name = spec["name"]
-        rows = own[name] if suite.needs == "own" else data[suite.needs]
-        per_suite = {**settings, "options": spec["options"], "name": name, "root": str(getattr(ctx, "root", "."))}
-        t = time.perf_counter()
-        results.append(run_suite(suite, lm, rows, per_suite, role, Path(ctx.out), name))
-        timings[name] = round(time.perf_counter() - t, 3)
-        r = results[-1]
-        ctx.log(f"{ctx.stage}: {name} {r.status} in {timings[name]:.1f}s")
-        for note in getattr(r, "notes", None) or []:
-            ctx.log(f"{ctx.stage}: {name}: {note}")
+    with samplecache.using(cache):
+        for spec, suite in zip(specs, suites):
+            name = spec["name"]
+            rows = own[name] if suite.needs == "own" else data[suite.needs]
+            per_suite = {**settings, "options": spec["options"], "name": name, "root": str(getattr(ctx, "root", "."))}
+            t = time.perf_counter()
+            results.append(run_suite(suite, lm, rows, per_suite, role, Path(ctx.out), name))
+            timings[name] = round(time.perf_counter() - t, 3)
+            r = results[-1]
+            ctx.log(f"{ctx.stage}: {name} {r.status} in {timings[name]:.1f}s")
+            for note in getattr(r, "notes", None) or []:
+                ctx.log(f"{ctx.stage}: {name}: {note}")
+    if cache is not None and (cache.hits or cache.misses):
+        ctx.log(f"{ctx.stage}: generations: {cache.hits} from the sample cache, {cache.misses} generated")
 
     record = EvalRecord(
         role=role,
-        model=ModelRef(
-            base_digest=ctx.input_digests.get("base") or hashing.digest_tree(Path(ctx.inputs["base"])),
-            adapter_digest=hashing.digest_tree(adapter) if adapter is not None else None,
-        ),
+        model=ModelRef(base_digest=base_digest, adapter_digest=adapter_digest),
         heldout_digest=ctx.input_digests.get("heldout"),
         suites=results,
         seconds=round(time.perf_counter() - t0, 3),

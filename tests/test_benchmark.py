@@ -229,3 +229,22 @@ def test_a_schema_shared_by_contract_and_suite_through_a_yaml_anchor_plans(proje
             Session(project.root).plan("demo")
     finally:
         plugins.reset()
+
+
+def test_changing_only_the_scorer_rescores_saved_outputs(tmp_path, toy, monkeypatch):
+    import shutil
+
+    from factory.evaluate import build_eval
+    from factory.ml import generate as gen
+
+    _jsonl(tmp_path / "q.jsonl", [{"prompt": f"q{i}", "expected": "a"} for i in range(6)])
+    spec = {"name": "q", "suite": "benchmark", "version": "1.0", "options": {"path": "q.jsonl"}}
+    build_eval(_ctx(tmp_path, toy, [spec]))
+    first = [json.loads(x)["output"] for x in (tmp_path / "out/samples/baseline/q.jsonl").read_text().splitlines()]
+    shutil.rmtree(tmp_path / "out")
+    monkeypatch.setattr(gen, "_generate_batch", lambda *a, **k: pytest.fail("generated again"))
+    regex = {**spec, "options": {"path": "q.jsonl", "scorer": "regex", "match": "search"}}
+    build_eval(_ctx(tmp_path, toy, [regex], {"batch_size": 2}))
+    again = [json.loads(x) for x in (tmp_path / "out/samples/baseline/q.jsonl").read_text().splitlines()]
+    assert [s["output"] for s in again] == first
+    assert [s["correct"] for s in again] == ["a" in o.strip() for o in first]

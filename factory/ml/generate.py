@@ -106,21 +106,43 @@ def generate_with_stops(
     ctx = int(lm.max_length)
     keep = max(1, ctx - 1)
     encoded = [e[-keep:] if len(e) > keep else e for e in encoded]
-    order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
     stops = stop_ids(lm)
     results: list[list[int]] = [[] for _ in prompts]
     reasons: list[str] = ["eos"] * len(prompts)
-    model = lm.model
-    with _inference(model):
-        for batch in _batches(order, batch_size):
-            seqs = [encoded[i] for i in batch]
-            for i, out in zip(batch, _generate_batch(model, seqs, lm, max_new_tokens, ctx, stops)):
-                results[i] = out
-    for i, out in enumerate(results):
+
+    def reason(i: int, out: list[int]) -> str:
         room = ctx - len(encoded[i])
         if len(out) >= min(max_new_tokens, room):
             # The budget ran out before a stop token: the smaller of the two limits decided it.
-            reasons[i] = "context" if room < max_new_tokens else "max_new_tokens"
+            return "context" if room < max_new_tokens else "max_new_tokens"
+        return "eos"
+
+    from factory import samplecache
+
+    cache = samplecache.current()
+    keys: list[str] = []
+    todo = list(range(len(prompts)))
+    if cache is not None:
+        gen = {"max_new_tokens": int(max_new_tokens), "context": ctx, "stops": sorted(stops),
+               "pad": int(lm.pad_token_id)}
+        keys = [cache.key(e, gen) for e in encoded]
+        todo = []
+        for i, k in enumerate(keys):
+            hit = cache.get(k)
+            if hit is None:
+                todo.append(i)
+            else:
+                results[i], reasons[i] = hit
+    order = sorted(todo, key=lambda i: (len(encoded[i]), i))
+    model = lm.model
+    if order:
+        with _inference(model):
+            for batch in _batches(order, batch_size):
+                seqs = [encoded[i] for i in batch]
+                for i, out in zip(batch, _generate_batch(model, seqs, lm, max_new_tokens, ctx, stops)):
+                    results[i], reasons[i] = out, reason(i, out)
+                    if cache is not None:  # each finished batch is kept: a killed eval resumes after it
+                        cache.put(keys[i], out, reasons[i])
     cut = reasons.count("context")
     if cut:
         _note(f"{cut} of {len(prompts)} generations stopped at the model's context ({ctx} positions) "
