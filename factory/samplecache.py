@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import json
 import os
 import tempfile
@@ -33,6 +34,7 @@ from factory import hashing
 _active: contextvars.ContextVar["SampleCache | None"] = contextvars.ContextVar("sample_cache", default=None)
 
 
+@functools.lru_cache(maxsize=1)
 def _libs() -> dict[str, str | None]:
     from importlib import metadata
 
