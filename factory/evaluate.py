@@ -63,12 +63,12 @@ def run_suite(
     )
     if name != suite.name:
         result.instance_of = suite.name
-    from factory.ml.generate import collect_notes
+    from factory.ml.generate import collect_notes, progress_label
 
     try:
         if not rows:
             raise FactoryError(f"suite {name}: no {suite.needs} rows to score")
-        with collect_notes() as notes:
+        with collect_notes() as notes, progress_label(name):
             output = suite.evaluate(lm, rows, settings)
         if notes:
             result.notes = list(notes)

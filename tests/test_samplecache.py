@@ -112,3 +112,15 @@ def test_the_cache_can_be_turned_off(tmp_path, lm, monkeypatch, counted):
         assert samplecache.current() is None
         gen.generate_with_stops(lm, PROMPTS[:2], 4)
     assert not (tmp_path / "cache" / "samples").exists()
+
+
+def test_generation_under_a_label_draws_a_progress_bar(tmp_path, lm, monkeypatch, capsys):
+    monkeypatch.setenv("FACTORY_PROGRESS", "1")
+    with gen.progress_label("support-bench"):
+        gen.generate_with_stops(lm, PROMPTS, 4, batch_size=3)
+    err = capsys.readouterr().err
+    assert "eval support-bench" in err and "8/8" in err and "ETA" in err
+    monkeypatch.setenv("FACTORY_PROGRESS", "0")
+    with gen.progress_label("support-bench"):
+        gen.generate_with_stops(lm, PROMPTS, 4, batch_size=3)
+    assert capsys.readouterr().err == ""

@@ -35,6 +35,39 @@ def collect_notes() -> Iterator[list[str]]:
         _notes.reset(token)
 
 
+# What the progress bar calls the generation in flight (the eval stage sets the suite's name);
+# unset, or FACTORY_PROGRESS=0, and no bar is drawn.
+_label: contextvars.ContextVar[str | None] = contextvars.ContextVar("generation_label", default=None)
+
+
+@contextlib.contextmanager
+def progress_label(label: str) -> Iterator[None]:
+    """Generation inside the block shows a progress bar with an ETA on stderr, named `label`."""
+    token = _label.set(label)
+    try:
+        yield
+    finally:
+        _label.reset(token)
+
+
+def _progress(total: int, done: int):
+    import os
+
+    label = _label.get()
+    if label is None or os.environ.get("FACTORY_PROGRESS", "1") == "0":
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn(f"eval {label}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
+        TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+    )
+    progress.add_task(label, total=total, completed=done)
+    progress.start()
+    return progress
+
+
 def _note(text: str) -> None:
     notes = _notes.get()
     if notes is not None and text not in notes:
@@ -136,13 +169,20 @@ def generate_with_stops(
     order = sorted(todo, key=lambda i: (len(encoded[i]), i))
     model = lm.model
     if order:
-        with _inference(model):
-            for batch in _batches(order, batch_size):
-                seqs = [encoded[i] for i in batch]
-                for i, out in zip(batch, _generate_batch(model, seqs, lm, max_new_tokens, ctx, stops)):
-                    results[i], reasons[i] = out, reason(i, out)
-                    if cache is not None:  # each finished batch is kept: a killed eval resumes after it
-                        cache.put(keys[i], out, reasons[i])
+        bar = _progress(len(prompts), len(prompts) - len(order))
+        try:
+            with _inference(model):
+                for batch in _batches(order, batch_size):
+                    seqs = [encoded[i] for i in batch]
+                    for i, out in zip(batch, _generate_batch(model, seqs, lm, max_new_tokens, ctx, stops)):
+                        results[i], reasons[i] = out, reason(i, out)
+                        if cache is not None:  # each finished batch is kept: a killed eval resumes after it
+                            cache.put(keys[i], out, reasons[i])
+                    if bar is not None:
+                        bar.advance(bar.task_ids[0], len(batch))
+        finally:
+            if bar is not None:
+                bar.stop()
     cut = reasons.count("context")
     if cut:
         _note(f"{cut} of {len(prompts)} generations stopped at the model's context ({ctx} positions) "
