@@ -88,12 +88,9 @@ class DatasetConfig(BaseModel):
 
 def check_config(config: dict[str, Any], where: str = "data") -> DatasetConfig:
     """Validate a dataset stage config; errors name the field under `where` (e.g. 'recipes/x.yaml: data')."""
-    try:
-        cfg = DatasetConfig.model_validate(config)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise FactoryError(f"{where}.{loc}: {first['msg']}") from None
+    from factory import options
+
+    cfg = options.validate(DatasetConfig, config, where)
     check_contract(cfg.contract, config.get("options") or {}, where)
     for i, src in enumerate(cfg.sources):
         split = src.options.get("split")
@@ -580,11 +577,11 @@ class JsonlSource:
     def _path(self, spec: dict[str, Any], root: Path) -> Path:
         if not spec.get("path"):
             raise FactoryError("data.sources: the jsonl source needs a path")
-        try:
-            JsonlOptions.model_validate({k: v for k, v in (spec.get("options") or {}).items() if k != "split"})
-        except ValidationError as e:
-            first = e.errors()[0]
-            raise FactoryError(f"{spec['path']}: options.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        from factory import options
+
+        # split is the dataset stage's option; the plan checks the rest against JsonlOptions
+        options.validate(JsonlOptions, {k: v for k, v in (spec.get("options") or {}).items() if k != "split"},
+                         f"{spec['path']}: options")
         path = Path(root) / spec["path"]
         if not path.is_file():
             raise FactoryError(f"{spec['path']}: no such file")
@@ -623,6 +620,7 @@ def register_stage_kinds(register):
         StageKind(
             name="dataset",
             build=build_dataset,
+            options=DatasetConfig,  # the recipe's data sections, checked at plan time
             description="validate, dedup and split rows from dataset sources into train.jsonl and heldout.jsonl",
         )
     )
