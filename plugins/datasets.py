@@ -39,7 +39,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from factory import hashing
 from factory.errors import FactoryError
@@ -85,13 +86,32 @@ class DatasetConfig(BaseModel):
     heldout_fraction: float = Field(gt=0.0, lt=1.0, description="share of distinct rows held out")
     options: DatasetOptions = Field(default_factory=DatasetOptions)
 
+    # The plan validates a data section against this model: these make an unknown contract, or one
+    # without the options it needs, a plan-time error at the section's own field.
+    @field_validator("contract")
+    @classmethod
+    def _known_contract(cls, v: str | None) -> str | None:
+        problem = contract_problem(v, {}) if v is not None and v not in CONTRACTS else None
+        if problem is not None:
+            raise PydanticCustomError("unknown_contract", "{msg}", {"msg": problem[1]})
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _contract_options(cls, v: "DatasetOptions", info: ValidationInfo) -> "DatasetOptions":
+        problem = contract_problem(info.data.get("contract"), v.model_dump(by_alias=True, exclude_none=True))
+        if problem is not None:
+            field = problem[0].removeprefix("options.")
+            raise PydanticCustomError("contract_options", "{msg}", {"msg": f"{field}: {problem[1]}"})
+        return v
+
 
 def check_config(config: dict[str, Any], where: str = "data") -> DatasetConfig:
     """Validate a dataset stage config; errors name the field under `where` (e.g. 'recipes/x.yaml: data')."""
     from factory import options
 
+    check_contract(config.get("contract"), config.get("options") or {}, where)  # first: its fields are exact
     cfg = options.validate(DatasetConfig, config, where)
-    check_contract(cfg.contract, config.get("options") or {}, where)
     for i, src in enumerate(cfg.sources):
         split = src.options.get("split")
         if split is not None and split not in SPLITS:
@@ -175,26 +195,21 @@ CONTRACTS: dict[str, Contract] = {
 }
 
 
-def check_contract(name: str | None, options: dict[str, Any], field: str = "data") -> None:
-    """Plan-time check of a contract and the options it needs; a FactoryError names the field.
-
-    `field` is the recipe section (`data`, or `<file>: data`); errors name `<field>.contract` or
-    `<field>.options.<option>` and, for an unknown contract, list the known ones.
-    """
+def contract_problem(name: str | None, options: dict[str, Any]) -> tuple[str, str] | None:
+    """What is wrong with a contract and its options: (field under the section, message), or None."""
     if name is None:
-        return
+        return None
     contract = CONTRACTS.get(name)
     if contract is None:
         known = ", ".join(sorted(CONTRACTS))
-        raise FactoryError(f"{field}.contract: unknown contract {name!r}; known: {known}, or null (prompt/answer rows, "
-                           "no answer check)")
+        return "contract", f"unknown contract {name!r}; known: {known}, or null (prompt/answer rows, no answer check)"
     try:
         opts = contract.options.model_validate(options or {})
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         msg = "required by this contract" if first["type"] == "missing" else first["msg"]
-        raise FactoryError(f"{field}.options.{loc}: {msg} (contract {name}: {contract.summary})") from None
+        return f"options.{loc}", f"{msg} (contract {name}: {contract.summary})"
     if isinstance(opts, JsonSchemaContract):
         import jsonschema
 
@@ -202,8 +217,19 @@ def check_contract(name: str | None, options: dict[str, Any], field: str = "data
             schema_validator(opts.json_schema)
         except jsonschema.SchemaError as e:
             where = "/".join(str(p) for p in e.path)
-            raise FactoryError(f"{field}.options.schema{'.' + where if where else ''}: not a valid JSON Schema: "
-                               f"{e.message}") from None
+            return f"options.schema{'.' + where if where else ''}", f"not a valid JSON Schema: {e.message}"
+    return None
+
+
+def check_contract(name: str | None, options: dict[str, Any], field: str = "data") -> None:
+    """Plan-time check of a contract and the options it needs; a FactoryError names the field.
+
+    `field` is the recipe section (`data`, or `<file>: data`); errors name `<field>.contract` or
+    `<field>.options.<option>` and, for an unknown contract, list the known ones.
+    """
+    problem = contract_problem(name, options)
+    if problem is not None:
+        raise FactoryError(f"{field}.{problem[0]}: {problem[1]}")
 
 
 def contract_options(cfg: "DatasetConfig") -> BaseModel | None:

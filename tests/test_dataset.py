@@ -200,7 +200,8 @@ def test_prompt_answer_rows_pass_through_with_their_skill(tmp_path, registry):
 @pytest.mark.parametrize(
     "config, message",
     [
-        ({"options": {"max_chars": 10, "typo": 1}}, "data.options.typo: unknown option; known: max_chars, ascii_only, actions, schema"),
+        ({"options": {"max_chars": 10, "typo": 1, "actions": ACTIONS}},
+         "data.options.typo: unknown option; known: max_chars, ascii_only, actions, schema"),
         ({"options": {}}, "data.options.actions: required by this contract (contract json-action: answers are"),
         ({"heldout_fraction": 1.5}, "data.heldout_fraction: Input should be less than 1"),
         ({"contract": "yaml"}, "data.contract: unknown contract 'yaml'; known: json-action, json-schema, or null"),
@@ -278,3 +279,29 @@ def test_an_empty_split_names_its_drops_by_reason(tmp_path, registry):
     assert "the split left 0 train and 0 held-out rows of 11 input rows" in msg
     assert "dropped: invalid_action 10 (e.g. t0, t1, t2); malformed 1 (e.g. bad)" in msg
     assert "contract json-schema" in msg and "contract null" in msg
+
+
+def test_contracts_are_checked_when_the_recipe_is_planned(tmp_path):
+    from factory.engine import Session
+
+    (tmp_path / "recipes" / "t").mkdir(parents=True)
+    (tmp_path / "recipes" / "t" / "rows.jsonl").write_text(
+        "".join(json.dumps(ticket(i)) + "\n" for i in range(10)))
+    recipe = ("base: {family: tiny, model: tiny-llama}\ndata:\n  sources: [{kind: jsonl, path: t/rows.jsonl}]\n  contract: CONTRACT\n"
+              "  options: OPTIONS\nevals: {primary: json-action}\n")
+    plugins.reset()
+    try:
+        for contract, opts, message in (
+            ("jsn-schema", "{}", r"recipes/t\.yaml: data\.contract: unknown contract 'jsn-schema'; known: json-action, json-schema"),
+            ("json-schema", "{}", r"recipes/t\.yaml: data\.options: schema: required by this contract"),
+            ("json-schema", "{schema: {type: 7}}", r"recipes/t\.yaml: data\.options: schema\.type: not a valid JSON Schema"),
+            ("json-action", "{}", r"recipes/t\.yaml: data\.options: actions: required by this contract"),
+        ):
+            (tmp_path / "recipes" / "t.yaml").write_text(recipe.replace("CONTRACT", contract).replace("OPTIONS", opts))
+            with pytest.raises(FactoryError, match=message):
+                Session(tmp_path).plan("t")
+        (tmp_path / "recipes" / "t.yaml").write_text(recipe.replace("CONTRACT", "json-schema").replace(
+            "OPTIONS", json.dumps({"schema": TICKET_SCHEMA})))
+        assert Session(tmp_path).plan("t").stages["dataset"].config["contract"] == "json-schema"
+    finally:
+        plugins.reset()
