@@ -130,8 +130,15 @@ def build_eval(ctx: Any) -> None:
     for spec, suite in zip(specs, suites):
         if suite.needs == "own":
             opts = _check_options(suite, spec)
-            rows = suite.load_rows(opts, Path(getattr(ctx, "root", ".")))
-            own[spec["name"]] = rows[: int(limit)] if limit else rows
+            try:
+                rows = suite.load_rows(opts, Path(getattr(ctx, "root", ".")))
+            except FactoryError as e:
+                where = f"evals.define.{spec['name']}"
+                msg = str(e)
+                raise FactoryError(f"{where}.{msg}" if msg.startswith("options.") else f"{where}: {msg}") from None
+            # A suite that applies the limit itself (per task, say) gets all its rows.
+            cut = limit and not getattr(suite, "applies_limit", False)
+            own[spec["name"]] = rows[: int(limit)] if cut else rows
 
     adapter = adapter_dir_of(ctx.inputs.get("adapter"))
     if role == "candidate" and adapter is None:

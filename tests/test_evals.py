@@ -108,7 +108,7 @@ def test_risk_probes_detect_spill_eos_and_hijack():
     assert not risk_probes.is_hijack(payload, payload, payload)
 
 
-def test_plugin_registers_six_suites_without_importing_torch():
+def test_plugin_registers_seven_suites_without_importing_torch():
     names = []
     evals.register_eval_suites(lambda s: names.append((s.name, s.needs, s.primary_metric)))
     assert names == [
@@ -118,11 +118,15 @@ def test_plugin_registers_six_suites_without_importing_torch():
         ("risk-probes", "heldout", "hijack_rate"),
         ("benchmark", "own", "accuracy"),
         ("json-schema", "heldout", "exact_match"),
+        ("lm-eval", "own", "accuracy"),
     ]
     code = "import sys, factory_plugins.evals, factory.evaluate, factory.gate, factory.report, factory.validate; " \
            "print('torch' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"
+    code = "import sys, factory_plugins.evals; print(sorted({'lm_eval', 'jsonschema'} & set(sys.modules)))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "[]"  # optional and validation libraries load only on their own path
 
 
 # --- the eval stage on a toy model ---------------------------------------------------------------
