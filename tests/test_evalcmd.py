@@ -19,6 +19,15 @@ from factory.ml.toymodels import save_toy_model  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_registries():
+    """run_eval loads the process-wide registries; later tests load their own plugins."""
+    from factory import plugins
+
+    yield
+    plugins.reset()
+
+
 @pytest.fixture(scope="module")
 def proj(tmp_path_factory):
     root = tmp_path_factory.mktemp("proj")
