@@ -31,7 +31,7 @@ from factory.web.data import IndexUnavailable, QueryError, Reader
 PAGE_ROWS = 500
 SQL_ROWS = 1000
 SAMPLE_ROWS = 200
-FLIP_ROWS = 200
+FLIP_ROWS = 100
 DECISIONS = ("ship", "rework", "reject", "blocked")
 RUN_SORTS = {"created": "created", "recipe": "recipe", "decision": "decision", "primary": "primary_candidate",
              "breadth": "breadth_delta_pp", "lr": "lr", "steps": "steps", "run": "run_id"}
@@ -149,8 +149,10 @@ class Pages:
             "FROM eval_samples x JOIN eval_samples y ON y.suite = x.suite AND y.sample_id = x.sample_id "
             "AND y.run_id = ? AND y.role = ? "
             "WHERE x.run_id = ? AND x.role = ? AND x.correct IS NOT NULL AND y.correct IS NOT NULL "
-            "AND x.suite IN (SELECT suite FROM evals WHERE run_id = ? AND ci_low IS NOT NULL) "
-            "GROUP BY x.suite ORDER BY x.suite", [b, role_b, a, role_a, a])
+            # the suites the gate pairs on correctness: the reference run's primary and regression suites
+            "AND (x.suite IN (SELECT primary_suite FROM runs WHERE run_id = ?) "
+            "OR list_contains((SELECT regression_suites FROM runs WHERE run_id = ?), x.suite)) "
+            "GROUP BY x.suite ORDER BY x.suite", [b, role_b, a, role_a, a, a])
         out = {}
         for row in rows:
             half = 1.96 * (row["sd"] or 0.0) / math.sqrt(row["n"]) if row["n"] > 1 else None

@@ -75,6 +75,8 @@ def line_chart(series: list[tuple[str, list[tuple[float, float]]]], x_label: str
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in good)
         out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.6" points="{path}">'
                    f'<title>{escape(label)}</title></polyline>')
+        if len(good) <= 30:  # a sparse series (held-out loss every few hundred steps) shows its points
+            out.extend(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{color}"/>' for x, y in good)
     if len(series) > 1:
         for i, (label, _) in enumerate(series):
             y = top + 4 + i * 15
