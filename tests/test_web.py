@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import duckdb
@@ -184,3 +185,31 @@ def test_a_refresh_is_not_blocked_while_pages_are_served_and_new_runs_show_witho
     assert codes and all(c in (200, 503) for c in codes)
     page = client.get("/").text
     assert all(f'data-run="{r}"' in page for r in ids(root)) and len(ids(root)) == 18
+
+
+def test_factory_serve_says_where_it_listens_and_serves_the_runs(root):
+    import os
+    import urllib.request
+
+    from webkit import free_port
+
+    port = free_port()
+    env = {**os.environ, "FACTORY_ROOT": str(root)}
+    p = subprocess.Popen([sys.executable, "-m", "factory.cli", "serve", "--port", str(port)], cwd=root, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = p.stdout.readline()
+        assert f"http://127.0.0.1:{port}/" in line and "only this machine" in line, line
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        assert all(f'data-run="{r}"' in page for r in ids(root))
+    finally:
+        p.terminate()
+        p.wait(timeout=10)
