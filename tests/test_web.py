@@ -213,3 +213,13 @@ def test_factory_serve_says_where_it_listens_and_serves_the_runs(root):
     finally:
         p.terminate()
         p.wait(timeout=10)
+
+
+def test_runs_queued_for_the_index_are_announced(root, client):
+    pending = root / "runs" / ".index-pending"
+    pending.write_text("{}\n")
+    try:
+        assert 'id="pending"' in client.get("/").text
+    finally:
+        pending.unlink()
+    assert 'id="pending"' not in client.get("/").text

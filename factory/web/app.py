@@ -73,6 +73,7 @@ class Pages:
 
     def render(self, name: str, status: int = 200, **ctx) -> HTMLResponse:
         ctx.setdefault("index_path", str(self.runs_dir / "index.duckdb"))
+        ctx.setdefault("pending", (self.runs_dir / ".index-pending").exists())
         return HTMLResponse(self.env.get_template(name).render(**ctx), status_code=status)
 
     def unavailable(self, e: IndexUnavailable) -> HTMLResponse:
@@ -194,7 +195,7 @@ class Pages:
             title="training loss")
         delta_chart = charts.interval_chart(
             [(s, v["d"], v["lo"], v["hi"]) for s, v in paired.items()], title="candidate vs baseline, points")
-        risk = [e for e in evals if "risk" in e["suite"] or "probe" in e["suite"]]
+        risk = [dict(e, metrics=_metrics(e["scores"])) for e in evals if "risk" in e["suite"] or "probe" in e["suite"]]
         return self.render("run.html", title=run_id, run=run, criteria=criteria, evals=evals, risk=risk,
                            skill_charts=skill_charts, curve=curve, delta_chart=delta_chart, paired=paired,
                            stages=stages, worst=worst, files=self._files(Path(run["path"] or "")),
@@ -374,6 +375,16 @@ class Pages:
         w.writerows(["" if v is None else v for v in row] for row in rows)
         return Response(buf.getvalue(), media_type="text/csv",
                         headers={"Content-Disposition": 'attachment; filename="query.csv"'})
+
+
+def _metrics(scores: str | None) -> list[tuple[str, Any, Any, Any]]:
+    """(metric, value, ci_low, ci_high) from an evals row's scores JSON."""
+    try:
+        data = json.loads(scores) if scores else {}
+    except ValueError:
+        return []
+    return [(k, v.get("value"), v.get("ci_low"), v.get("ci_high")) for k, v in sorted(data.items())
+            if isinstance(v, dict)]
 
 
 def _read_json(path: Path) -> dict[str, Any]:
