@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.support.ui import WebDriverWait
 
 from factory import index
 from webkit import browser, live_server, screenshot
@@ -26,6 +28,14 @@ def site(tmp_path_factory):
         yield root, url, driver
 
 
+def follow(driver, element):
+    """Click something that loads a page, and wait until the new page has replaced the old one."""
+    old = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(driver, 20).until(staleness_of(old))
+    WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
 def texts(driver, css):
     return [e.text for e in driver.find_elements(By.CSS_SELECTOR, css)]
 
@@ -38,7 +48,7 @@ def test_runs_table_lists_every_run_and_opens_one(site):
     assert sorted(r.get_attribute("data-run") for r in rows) == every
     assert d.find_element(By.ID, "total").text == str(len(every))
     screenshot(d, "runs")
-    d.find_element(By.LINK_TEXT, every[0]).click()
+    follow(d, d.find_element(By.LINK_TEXT, every[0]))
     assert d.find_element(By.TAG_NAME, "h1").text == every[0]
     decision = index.query(root / "runs", "SELECT decision FROM runs WHERE run_id = ?", [every[0]])[1][0][0]
     assert d.find_element(By.CSS_SELECTOR, "#decision .decision").text == decision
@@ -53,7 +63,7 @@ def test_ticking_two_runs_compares_them(site):
     d.get(url + "/?recipe=sql-writer")
     for r in (a, b):
         d.find_element(By.CSS_SELECTOR, f'input[name="run"][value="{r}"]').click()
-    d.find_element(By.CSS_SELECTOR, "#compare-form button").click()
+    follow(d, d.find_element(By.CSS_SELECTOR, "#compare-form button"))
     assert d.find_element(By.TAG_NAME, "h1").text == "Compare 2 runs"
     assert sorted(t.split(" ")[0] for t in texts(d, "#compared tbody tr td:first-child")) == sorted([a, b])
     assert d.find_elements(By.CSS_SELECTOR, "#flips tr.flip"), "two runs of a hard recipe disagree somewhere"
@@ -65,7 +75,7 @@ def test_samples_page_finds_failures_by_suite(site):
     d.get(url + "/samples")
     d.find_element(By.NAME, "q").send_keys("breadth")
     d.find_element(By.CSS_SELECTOR, 'select[name="verdict"] option[value="wrong"]').click()
-    d.find_element(By.CSS_SELECTOR, ".filters button").click()
+    follow(d, d.find_element(By.CSS_SELECTOR, ".filters button"))
     cells = texts(d, "#samples tbody tr td:last-child")
     assert cells and set(cells) == {"✗"}
     screenshot(d, "samples")
@@ -74,7 +84,7 @@ def test_samples_page_finds_failures_by_suite(site):
 def test_sql_page_runs_a_cookbook_question(site):
     root, url, d = site
     d.get(url + "/sql")
-    d.find_element(By.PARTIAL_LINK_TEXT, "Which learning rates shipped").click()
+    follow(d, d.find_element(By.PARTIAL_LINK_TEXT, "Which learning rates shipped"))
     assert "GROUP BY" in d.find_element(By.ID, "query").get_attribute("value")
     headers = texts(d, "#result thead th")
     assert headers[:3] == ["method", "lr", "runs"]
@@ -85,7 +95,7 @@ def test_sql_page_runs_a_cookbook_question(site):
     box = d.find_element(By.ID, "query")
     box.clear()
     box.send_keys("DELETE FROM runs")
-    d.find_element(By.ID, "run-query").click()
+    follow(d, d.find_element(By.ID, "run-query"))
     assert "refused" in d.find_element(By.ID, "sql-error").text
 
 
