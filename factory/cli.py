@@ -147,6 +147,12 @@ def cmd_eval(args) -> int:
     return cli_eval(_root(), args)
 
 
+def cmd_serve(args) -> int:
+    from factory.web import serve
+
+    return serve(_root(), host=args.host, port=args.port)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="factory",
@@ -198,6 +204,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-new-tokens", type=int, default=96)
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s.set_defaults(fn=cmd_eval)
+    s = sub.add_parser("serve", help="browse runs in a local web app over the index (read-only)")
+    s.add_argument("--port", type=int, default=8765)
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    s.set_defaults(fn=cmd_serve)
     s = sub.add_parser("schemas", help="export the JSON Schema of every run file")
     s.add_argument("dest", nargs="?", default="docs/schemas")
     s.set_defaults(fn=cmd_schemas)
