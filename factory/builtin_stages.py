@@ -34,6 +34,12 @@ def build_decide(ctx: BuildContext) -> None:
     build_decision(ctx)
 
 
+def build_power(ctx: BuildContext) -> None:
+    from factory.gate import build_power as run
+
+    run(ctx)
+
+
 def build_report(ctx: BuildContext) -> None:
     from factory.report import build_report as run
 
@@ -58,6 +64,8 @@ def register_stage_kinds(register):
                        description="run every eval suite on one model"))
     register(StageKind("decide", build_decide, code_version="1", modules=("factory.gate", "factory.stats"),
                        description="judge the candidate against the baseline and the criteria"))
+    register(StageKind("power", build_power, code_version="1", modules=("factory.gate", "factory.stats"),
+                       description="check before training that the held-out sets can resolve the criteria's margins"))
     register(StageKind("report", build_report, code_version="1",
                        modules=("factory.report", "factory.gate", "factory.stats"),
                        description="write report.md and report.html"))

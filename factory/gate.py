@@ -708,9 +708,53 @@ def read_eval(eval_dir: Path, role: str) -> tuple[EvalRecord | None, dict[str, l
     return rec, samples, problems
 
 
+def read_stop(directory: Path) -> dict[str, Any] | None:
+    """The stop.json a guard left in place of a stage's outputs, or None."""
+    import json
+
+    p = Path(directory) / "stop.json" if Path(directory).is_dir() else None
+    if p is None or not p.is_file():
+        return None
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FactoryError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("verdict"), dict):
+        raise FactoryError(f"{p}: verdict: expected the guard's verdict.json object")
+    return data
+
+
+def decision_from_stop(stop: dict[str, Any], criteria: Any, primary: str, regression: list[str]) -> Decision:
+    """The decision of a build a guard stopped: its verdict's decision, reason, next action and blockers."""
+    v = stop["verdict"]
+    policy = policy_of(criteria, primary, regression)
+    crit = policy["criteria"]
+    guard = str(stop.get("stopped_by") or "a guard")
+    verdict = v.get("decision") if v.get("decision") in ("ship", "rework", "reject", "blocked") else "blocked"
+    checks = [c for c in v.get("checks") or [] if isinstance(c, dict)]
+    entries = [CriterionResult(name=f"{guard}:{c.get('name', '?')}", metric=str(c.get("metric") or c.get("name") or "?"),
+                               threshold=c.get("threshold") if isinstance(c.get("threshold"), (int, float, str)) else None,
+                               passed=bool(c.get("passed")), reason=c.get("reason")) for c in checks]
+    return Decision(
+        decision=verdict,
+        reason=f"stopped by {guard} before {stop.get('stage') or 'the next stage'}: {v.get('reason') or 'no reason given'}",
+        next_action=v.get("next_action"),
+        blocked_by=[str(b) for b in v.get("blocked_by") or []] or [f"{guard}: verdict.json says pass: false"],
+        criteria=entries, rule=crit["rule"], confidence=float(crit["confidence"]), policy=policy,
+        policy_digest=hashing.digest_json(policy), stopped_by=guard,
+    )
+
+
 def build_decision(ctx: Any) -> None:
     """Build function of the `decide` stage: read the evidence, decide, write decision.json."""
     cfg = ctx.config
+    for name, directory in sorted(ctx.inputs.items()):
+        stop = read_stop(directory) if directory is not None else None
+        if stop is not None:
+            decision = decision_from_stop(stop, cfg.get("criteria") or {}, cfg["primary"], list(cfg.get("regression") or []))
+            write_record(Path(ctx.out) / "decision.json", decision)
+            ctx.log(f"decide: {decision.decision}: {decision.reason}")
+            return
     baseline, bs, p1 = read_eval(ctx.inputs["eval-baseline"], "baseline")
     candidate, cs, p2 = read_eval(ctx.inputs["eval-candidate"], "candidate")
     train, log, p3 = read_train(ctx.inputs.get("train"))
@@ -728,3 +772,216 @@ def build_decision(ctx: Any) -> None:
     write_record(Path(ctx.out) / "decision.json", decision)
     ctx.log(f"decide: {decision.decision}: {decision.reason}")
 
+
+
+# --- fail fast on power ----------------------------------------------------------
+
+FIELD_OF_NEEDS = {"heldout": "data.heldout_fraction", "breadth": "breadth.heldout_fraction"}
+
+
+def _baseline_rate(record: EvalRecord | None, suite: str, skill: str | None = None) -> tuple[int | None, float | None]:
+    s = _suite(record, suite)
+    if s is None or s.status != "ok":
+        return None, None
+    if skill is not None:
+        sc = s.per_skill.get(skill)
+        return (sc.n, sc.value) if sc is not None else (None, None)
+    sc = s.scores.get(s.primary_metric)
+    n = s.rows or (sc.n if sc is not None else 0)
+    return n, (sc.value if sc is not None and _is_rate(sc) else None)
+
+
+def _rows_needed(z: float, var: float, margin: float) -> int:
+    import math
+
+    return math.ceil(z * z * var / (margin * margin)) if margin > 0 else 0
+
+
+def power_check(criteria: Any, primary: str, regression: list[str] | tuple[str, ...], baseline: EvalRecord | None,
+                *, needs: dict[str, str] | None = None, fractions: dict[str, float] | None = None) -> dict[str, Any]:
+    """Whether the held-out sets can resolve the margins the criteria declare, before anything trains.
+
+    For each gated comparison, from its held-out size n and the baseline's rate p
+    (0.5 where unknown), the half-width the gate's interval will have:
+    h = z · sqrt(p(1 − p)/n) for a regression suite or skill (a paired
+    difference whose two sides correlate at 0.5 has the variance of one rate),
+    with z at Holm's strictest level for the family; and
+    h = z · sqrt((p(1 − p) + t(1 − t))/n) for the primary's gain from p to
+    primary_min t. A check fails when h is not below its margin (the limit, or
+    t − p), or when the baseline is at or under a regression limit (a drop past
+    it cannot show). Returns the verdict.json object (pass, decision, reason,
+    next_action, blocked_by, checks). Pure: no model, no files.
+    """
+    crit = resolve_criteria(criteria)
+    needs = dict(needs or {})
+    fractions = dict(fractions or {})
+    conf = float(crit["confidence"])
+    one_sided = (1 - conf) / 2
+    checks: list[dict[str, Any]] = []
+
+    family: list[tuple[str, str, str | None, float]] = []  # (name, suite, skill, limit_pp)
+    if crit["breadth_drop_max_pp"] is not None:
+        family += [(f"breadth_drop_max_pp:{s}", s, None, float(crit["breadth_drop_max_pp"])) for s in regression]
+    by_skill = dict(crit["skill_drop_max_pp_by_skill"] or {})
+    if crit["skill_drop_max_pp"] is not None or by_skill:
+        for s in regression:
+            rec = _suite(baseline, s)
+            for skill in sorted(rec.per_skill) if rec is not None else []:
+                limit = by_skill.get(f"{s}.{skill}", by_skill.get(skill, crit["skill_drop_max_pp"]))
+                if limit is not None:
+                    family.append((f"skill_drop_max_pp:{s}.{skill}", s, skill, float(limit)))
+    z_family = stats.z_quantile(1 - one_sided / max(1, len(family)))
+    for name, suite, skill, limit_pp in family:
+        n, p = _baseline_rate(baseline, suite, skill)
+        margin = limit_pp / 100
+        check: dict[str, Any] = {"name": name, "suite": suite, "skill": skill, "n": n, "baseline": p,
+                                 "margin": margin, "z": z_family}
+        if p is not None and p <= margin + 1e-12:
+            check.update(passed=False, half_width=None, rows_needed=None,
+                         reason=f"{suite}{'.' + skill if skill else ''}: the baseline scores {p:.3f}, so a drop of "
+                         f"more than {limit_pp:g} pts cannot show")
+        else:
+            q = 0.5 if p is None else p
+            half = z_family * (q * (1 - q) / n) ** 0.5 if n else float("inf")
+            need = _rows_needed(z_family, q * (1 - q), margin)
+            ok = half < margin
+            check.update(passed=ok, half_width=half, rows_needed=need, assumed_rate=q,
+                         reason=f"{suite}{'.' + skill if skill else ''}: ±{half * 100:.2f} pts on {n or 0} rows "
+                         f"{'resolves' if ok else 'cannot resolve'} a limit of {limit_pp:g} pts"
+                         + ("" if ok else f" (needs {need} rows)"))
+        checks.append(check)
+    if crit["primary_min"] is not None:
+        t = float(crit["primary_min"])
+        n, p = _baseline_rate(baseline, primary)
+        q = 0.5 if p is None else p
+        z = stats.z_quantile(1 - one_sided)
+        margin = t - q
+        check = {"name": "primary_superiority", "suite": primary, "skill": None, "n": n, "baseline": p,
+                 "assumed_rate": q, "margin": margin, "z": z}
+        if margin <= 0:
+            check.update(passed=True, half_width=None, rows_needed=None,
+                         reason=f"{primary}: the baseline ({q:.3f}) already reaches primary_min {t:g}; "
+                         "no gain to size")
+        else:
+            var = q * (1 - q) + t * (1 - t)
+            half = z * (var / n) ** 0.5 if n else float("inf")
+            need = _rows_needed(z, var, margin)
+            ok = half < margin
+            check.update(passed=ok, half_width=half, rows_needed=need,
+                         reason=f"{primary}: ±{half * 100:.2f} pts on {n or 0} rows "
+                         f"{'resolves' if ok else 'cannot resolve'} a gain of {margin * 100:.1f} pts to {t:g}"
+                         + ("" if ok else f" (needs {need} rows)"))
+        checks.append(check)
+
+    failed = [c for c in checks if not c["passed"]]
+    actions: list[str] = []
+    for suite in dict.fromkeys(c["suite"] for c in failed):
+        mine = [c for c in failed if c["suite"] == suite]
+        sized = [c for c in mine if c.get("rows_needed")]
+        if sized:
+            worst = max(sized, key=lambda c: c["rows_needed"] / max(1, c["n"] or 1))
+            field = FIELD_OF_NEEDS.get(needs.get(suite, ""), None)
+            frac = fractions.get(needs.get(suite, ""))
+            have = worst["n"] or 0
+            what = f"{worst['name']} needs {worst['rows_needed']} held-out rows (has {have})"
+            if field and frac and have:
+                target = min(0.5, frac * worst["rows_needed"] / have)
+                target = float(f"{target + 0.005:.2f}") if target < 0.5 else 0.5
+                hint = f"raise {field} from {frac:g} to {target:g}"
+                if target >= 0.5 and frac * worst["rows_needed"] / have > 0.5:
+                    hint += " and add rows to its sources"
+                actions.append(f"{hint}: {what}")
+            elif field:
+                actions.append(f"raise {field} or add rows: {what}")
+            else:
+                actions.append(f"add held-out rows for {suite}: {what}")
+        if any(c.get("rows_needed") is None and not c["passed"] for c in mine):
+            actions.append(f"{suite} cannot show a regression from this base: use a base that scores on it "
+                           "(base.model) or move it from evals.regression to evals.extra")
+    if failed:
+        reason = ("the held-out sets cannot resolve the declared margins: "
+                  + "; ".join(c["reason"] for c in failed))
+    else:
+        reason = "every gated comparison can resolve its margin" if checks else "no criterion has a margin to size"
+    return {"pass": not failed, "decision": "blocked", "reason": reason,
+            "next_action": "; ".join(actions) if actions else None,
+            "blocked_by": [f"power: {c['name']}: {c['reason']}" for c in failed], "checks": checks}
+
+
+def build_power(ctx: Any) -> None:
+    """Build function of the `power` stage: verdict.json from the baseline eval's sizes and rates."""
+    import json
+
+    cfg = ctx.config
+    eb = ctx.inputs.get("eval-baseline")
+    baseline = None
+    if eb is not None:
+        baseline, _, problems = read_eval(Path(eb), "baseline")
+        if baseline is None:
+            raise FactoryError(problems[0] if problems else f"{eb}: no eval-baseline.json")
+    regression = list(cfg.get("regression") or [])
+    needs = dict(cfg.get("needs") or {})
+    registry = getattr(ctx, "registry", None)
+    suites = getattr(getattr(registry, "suites", None), "items", None)
+    for name in [cfg["primary"], *regression]:
+        if name not in needs and isinstance(suites, dict) and name in suites:
+            needs[name] = getattr(suites[name], "needs", "")
+    fractions = dict(cfg.get("heldout_fraction") or {})
+    recipe = getattr(ctx, "recipe", None)
+    if recipe is not None and not fractions:
+        for need, section in (("heldout", "data"), ("breadth", "breadth")):
+            spec = getattr(recipe, section, None)
+            if spec is not None:
+                fractions[need] = float(spec.heldout_fraction)
+    verdict = power_check(cfg.get("criteria") or {}, cfg["primary"], regression, baseline,
+                          needs=needs, fractions=fractions)
+    (Path(ctx.out) / "verdict.json").write_text(json.dumps(verdict, indent=2, sort_keys=True) + "\n")
+    ctx.log(f"power: {'pass' if verdict['pass'] else 'blocked'}: {verdict['reason']}")
+
+
+# --- criteria against the suites, at plan time -------------------------------------
+
+def check_criteria(criteria: Any, suites: dict[str, Any], regression: list[str] | tuple[str, ...] | None = None) -> None:
+    """Raise FactoryError naming `criteria.<field>` for a criterion that names an unknown suite, metric or skill.
+
+    suites: name -> suite object (the recipe's suites, or every registered one).
+    A metric is checked against the suite's `metrics` and a skill against its
+    `skills` when the suite declares them; the suite's primary metric is always known.
+    """
+    crit = resolve_criteria(criteria)
+    known = sorted(suites)
+
+    def suite_of(field: str, key: str) -> tuple[str, str | None]:
+        names = set(suites)
+        if key in names:
+            return key, None
+        for name in sorted(names, key=len, reverse=True):
+            if key.startswith(name + "."):
+                return name, key[len(name) + 1:]
+        raise FactoryError(f"criteria.{field}: {key!r} names no suite the recipe evaluates; known: {', '.join(known)}")
+
+    for field in ("suite_min", "delta_min_pp"):
+        for key in crit[field] or {}:
+            suite, metric = suite_of(field, key)
+            obj = suites[suite]
+            declared = getattr(obj, "metrics", None)
+            if metric is not None and declared is not None and metric not in declared \
+                    and metric != getattr(obj, "primary_metric", None):
+                raise FactoryError(f"criteria.{field}: {key!r}: suite {suite} has no metric {metric!r}; "
+                                   f"known: {', '.join(sorted(declared))}")
+    for key in crit["skill_drop_max_pp_by_skill"] or {}:
+        regs = list(regression) if regression is not None else known
+        suite = next((s for s in sorted(regs, key=len, reverse=True) if key.startswith(s + ".")), None)
+        skill = key[len(suite) + 1:] if suite else key
+        pool = [suite] if suite else [s for s in regs if s in suites]
+        if suite is None and "." in key and key.split(".")[0] not in regs and key.split(".")[0] in suites:
+            raise FactoryError(f"criteria.skill_drop_max_pp_by_skill: {key!r}: {key.split('.')[0]} is not a "
+                               f"regression suite; regression: {', '.join(regs) or '(none)'}")
+        declared = [set(getattr(suites[s], "skills")) for s in pool if getattr(suites.get(s), "skills", None) is not None]
+        if declared and not any(skill in d for d in declared):
+            raise FactoryError(f"criteria.skill_drop_max_pp_by_skill: {key!r}: no regression suite has a skill "
+                               f"{skill!r}; known: {', '.join(sorted(set().union(*declared)))}")
+    if not 0.5 < float(crit["confidence"]) < 1:
+        raise FactoryError(f"criteria.confidence: {crit['confidence']} is outside (0.5, 1)")
+    if crit["rule"] not in ("interval", "point"):
+        raise FactoryError(f"criteria.rule: {crit['rule']!r}; expected interval or point")
