@@ -213,13 +213,17 @@ class _Compare:
                 self.baseline, self.candidate = stats._wmean(bv, w), stats._wmean(cv, w)
             delta, centre, se = stats.paired_difference(bv, cv, weights=w)
             lo, hi = stats.interval_at(centre, se, (1 - confidence) / 2)
-            self.interval = [lo, hi]
+            self.interval = self.clip([lo, hi])
             self.centre, self.se = (centre, se) if self.higher else (-centre, se)
             self.discordant = stats.discordant(bc, cc)
             self.p_value = stats.mcnemar_exact(*self.discordant)
         elif skill is not None:
             self.baseline = self.candidate = None
         self.delta = self.candidate - self.baseline if None not in (self.baseline, self.candidate) else None
+
+    def clip(self, iv: list[float]) -> list[float]:
+        """A difference of two rates lies in [-1, 1]; the adjusted interval may reach past it."""
+        return [max(-1.0, iv[0]), min(1.0, iv[1])] if self.rate else iv
 
     @property
     def available(self) -> bool:
@@ -442,18 +446,18 @@ def decide(
             lo, _ = stats.interval_at(cmp.centre, cmp.se, lvl)
             holm_iv = [lo, cmp.centre + (cmp.centre - lo)] if cmp.higher else [-(cmp.centre + (cmp.centre - lo)), -lo]
             e.holm_alpha = lvl
-            e.holm_interval = holm_iv
+            e.holm_interval = cmp.clip(holm_iv)
             e.passed = bool(ok)
             limit_pp = margin * 100
             held = "" if len(family) == 1 else f" (Holm, {len(family)} tests: level {1 - 2 * lvl:.4g})"
             if ok:
-                e.reason = (f"{cmp.name} {_pp(cmp.delta)} pts, interval {_iv(cmp, holm_iv)}{held} "
+                e.reason = (f"{cmp.name} {_pp(cmp.delta)} pts, interval {_iv(cmp, e.holm_interval)}{held} "
                             f"stays above -{limit_pp:g}")
             elif not stopped and lo <= -margin:
-                e.reason = (f"{cmp.name} {_pp(cmp.delta)} pts, interval {_iv(cmp, holm_iv)}{held} "
+                e.reason = (f"{cmp.name} {_pp(cmp.delta)} pts, interval {_iv(cmp, e.holm_interval)}{held} "
                             f"reaches below -{limit_pp:g}; non-inferiority not shown (p={e.p_value:.3g})")
             else:
-                e.reason = (f"{cmp.name} {_pp(cmp.delta)} pts, interval {_iv(cmp, holm_iv)}{held}: not tested, "
+                e.reason = (f"{cmp.name} {_pp(cmp.delta)} pts, interval {_iv(cmp, e.holm_interval)}{held}: not tested, "
                             "Holm stopped at an earlier test of the family")
             stopped |= not ok
     for e in entries:
