@@ -27,7 +27,7 @@ from factory.interfaces import LoadedModel, TrainDefaultsContext
 
 __version__ = "1.0"
 
-METHODS = ("sft-lora",)
+METHODS = ("sft-lora", "dpo-lora")
 PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 
 
@@ -130,6 +130,10 @@ class HFFamily:
             raise self._unknown_method(ctx.method)
         gpu = ctx.device.startswith("cuda")
         batch = 16 if gpu else 8
+        if ctx.method == "dpo-lora":
+            steps = max(50, min(1000, -(-max(ctx.train_rows, 1) // batch)))  # one pass over the pairs
+            return {"steps": steps, "lr": 5e-5, "batch_size": batch, "micro_batch_size": 4 if gpu else 2,
+                    "beta": 0.1, "warmup_steps": max(1, steps // 20), "max_len": 1024}
         # About two epochs, bounded: small sets still get enough updates, big ones do not run for days.
         steps = max(100, min(2000, -(-2 * max(ctx.train_rows, 1) // batch)))
         return {
@@ -147,9 +151,25 @@ class HFFamily:
         if method not in METHODS:
             raise self._unknown_method(method)
 
+        if method == "dpo-lora":
+            from factory.ml.dpo import trainer_for as dpo_trainer
+
+            return dpo_trainer(self)
         from factory.ml.sft import trainer_for  # the engine's shared LoRA trainer (no torch at import)
 
         return trainer_for(self)
+
+    def train_options(self, method: str) -> Any:
+        """The pydantic model of a method's settings (checked at plan time)."""
+        if method not in METHODS:
+            raise self._unknown_method(method)
+        if method == "dpo-lora":
+            from factory.ml.dpo import DPOParams
+
+            return DPOParams
+        from factory.ml.sft import SFTParams
+
+        return SFTParams
 
     def load(self, base_dir: Path, adapter_dir: Path | None, settings: dict[str, Any]) -> LoadedModel:
         _offline()

@@ -391,10 +391,16 @@ def trainer_for(family: Any) -> Any:
         lm = None
         if int(ctx.config.get("processes", 1)) <= 1:
             device = str(ctx.config.get("device") or "auto")
-            lm = family.load(Path(ctx.inputs["base"]), None, {"device": device, "train": True})
+            lm = family.load(Path(ctx.inputs["base"]), init_adapter(ctx), {"device": device, "train": True})
         train_sft_lora(ctx, lm)
 
     return train_sft_lora_stage
+
+
+def init_adapter(ctx: Any) -> Path | None:
+    """The adapter a later training step continues: the previous step's (input `init`), or None."""
+    init = ctx.inputs.get("init")
+    return Path(init) / "adapter" if init is not None else None
 
 
 def train_sft_lora(ctx: Any, lm: Any) -> None:
