@@ -2,13 +2,17 @@
 
 The comparison is paired: both models scored the same held-out rows, so the
 gate matches samples by id, runs McNemar's exact test on per-sample correctness
-of the primary suite, and gives every delta a paired-bootstrap 95% interval.
+of the primary suite, and gives every delta a closed-form paired interval at
+`criteria.confidence` (`stats.paired_difference`). Under the default interval
+rule a regression suite or skill passes when the interval's lower end stays
+above -limit (non-inferiority, Holm over the family of regression tests) and
+the primary must clear primary_min and be significantly better than its base.
 
 - blocked: evidence is missing or inconsistent (a suite failed, a samples file
   is missing or does not match its digest, model digests missing or different
   bases, baseline and candidate scored different rows); `blocked_by` names each.
 - reject: the candidate is significantly worse than its base on the primary
-  suite (McNemar p < 0.05 and a negative delta).
+  suite (McNemar p < 1 - confidence and a negative delta).
 - ship: every criterion passes.
 - rework: anything else; `next_action` names the recipe field to change, from
   the evidence (breadth dropped: raise train.replay; primary short while the
@@ -16,7 +20,10 @@ of the primary suite, and gives every delta a paired-bootstrap 95% interval.
 
 Deltas and intervals are in the metric's own units (a rate delta of 0.05 is
 5 points); thresholds are in the units the recipe writes them in.
-`decide()` is pure, so the gate can be tested on hand-made records.
+`decide()` is pure, so the gate can be tested on hand-made records. Also here:
+`power_check` and the `power` stage (can the held-out sets resolve the margins,
+before training), `check_criteria` (criteria against the suites, at plan time),
+the policy digest and `rederive`, and decisions from a guard's stop record.
 """
 
 from __future__ import annotations
@@ -39,7 +46,6 @@ from factory.records import (
     write_record,
 )
 
-ALPHA = 0.05
 SEED = 0
 DEFAULT_CRITERIA: dict[str, Any] = {
     "primary_min": None,
