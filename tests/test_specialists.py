@@ -423,3 +423,12 @@ def test_signing_key_from_the_environment(stage_inputs, tmp_path, ec_key, monkey
     out = capsys.readouterr().out
     _, identity = specialists._public_key_of(ec_key)
     assert f"signed by {identity}" in out
+
+
+def test_the_index_records_signer_and_manifest_digest(stage_inputs, tmp_path, ec_key, capsys):
+    run = _run_with_specialist(stage_inputs, tmp_path, "ship")
+    assert specialists.cli_package(tmp_path, run.name, None, False, sign_key=str(ec_key)) == 0
+    dest = tmp_path / "specialists" / f"pace-planner-{KEY[:8]}"
+    _, identity = specialists._public_key_of(ec_key)
+    rows = index.query(tmp_path / "runs", "SELECT signer, manifest_sha256 FROM specialists")[1]
+    assert rows == [(identity, specialists.sha256_file(dest / "manifest.json"))]
