@@ -747,9 +747,9 @@ def decision_from_stop(stop: dict[str, Any], criteria: Any, primary: str, regres
                                passed=bool(c.get("passed")), reason=c.get("reason")) for c in checks]
     return Decision(
         decision=verdict,
-        reason=f"stopped by {guard} before {stop.get('stage') or 'the next stage'}: {v.get('reason') or 'no reason given'}",
+        reason=str(v.get("reason") or f"{guard} did not pass"),
         next_action=v.get("next_action"),
-        blocked_by=[str(b) for b in v.get("blocked_by") or []] or [f"{guard}: verdict.json says pass: false"],
+        blocked_by=[str(b) for b in v.get("blocked_by") or []] or [guard],
         criteria=entries, rule=crit["rule"], confidence=float(crit["confidence"]), policy=policy,
         policy_digest=hashing.digest_json(policy), stopped_by=guard,
     )

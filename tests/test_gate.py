@@ -422,7 +422,7 @@ def test_decide_writes_the_decision_of_a_stopping_guard(tmp_path):
     gate.build_decision(ctx)
     d = read_record(out / "decision.json")
     assert d.decision == "blocked" and d.stopped_by == "power"
-    assert d.reason == "stopped by power before train: breadth: ±7.84 pts on 100 rows cannot resolve 3"
+    assert d.reason == "breadth: ±7.84 pts on 100 rows cannot resolve 3"  # the guard's own words and numbers
     assert d.next_action == verdict["next_action"] and d.blocked_by == ["power: breadth"]
     assert crit(d, "power:breadth_drop_max_pp:breadth").passed is False
     assert d.policy_digest == hashing.digest_json(d.policy)
