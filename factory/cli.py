@@ -132,13 +132,13 @@ def cmd_package(args) -> int:
 
     if not args.run and not args.best:
         raise FactoryError("package: name a run, or --best <recipe>")
-    return cli_package(_root(), args.run, args.best, args.force)
+    return cli_package(_root(), args.run, args.best, args.force, args.sign_key, args.sigstore)
 
 
 def cmd_verify(args) -> int:
     from factory.specialists import cli_verify
 
-    return cli_verify(args.path)
+    return cli_verify(args.path, args.key)
 
 
 def cmd_eval(args) -> int:
@@ -190,9 +190,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("run", nargs="?")
     s.add_argument("--best", metavar="RECIPE", help="the best shipped run of a recipe, chosen through the index")
     s.add_argument("--force", action="store_true", help="package a run that did not ship (the card says so)")
+    s.add_argument("--sign-key", metavar="PEM", help="sign with this EC private key (default: $FACTORY_SIGNING_KEY)")
+    s.add_argument("--sigstore", action="store_true", help="sign with sigstore (needs a network and an identity)")
     s.set_defaults(fn=cmd_package)
-    s = sub.add_parser("verify", help="recheck every digest of a packaged specialist")
+    s = sub.add_parser("verify", help="check the signature and every file of a packaged specialist")
     s.add_argument("path")
+    s.add_argument("--key", metavar="PEM", help="the signer's public key you trust (default: the package's signer.pub)")
     s.set_defaults(fn=cmd_verify)
     s = sub.add_parser("eval", help="run eval suites on a local model directory (optionally with an adapter)")
     s.add_argument("model", help="a transformers model directory")

@@ -34,7 +34,7 @@ from factory.errors import FactoryError
 
 INDEX_FILE = "index.duckdb"
 PENDING_FILE = ".index-pending"
-INDEX_SCHEMA = "3"
+INDEX_SCHEMA = "4"
 # Files written for DuckDB 2.x readers and 1.x readers alike.
 STORAGE_COMPAT = "v1.0.0"
 RECORD_FILES = (
@@ -88,7 +88,8 @@ CREATE TABLE IF NOT EXISTS stages (
 );
 CREATE TABLE IF NOT EXISTS specialists (
     specialist_id VARCHAR, run_id VARCHAR, recipe VARCHAR, decision VARCHAR,
-    forced BOOLEAN, created TIMESTAMP, path VARCHAR, files INTEGER, base_digest VARCHAR
+    forced BOOLEAN, created TIMESTAMP, path VARCHAR, files INTEGER, base_digest VARCHAR,
+    signer VARCHAR, manifest_sha256 VARCHAR
 );
 CREATE TABLE IF NOT EXISTS ingested (
     run_id VARCHAR, path VARCHAR, sig VARCHAR, digest VARCHAR, ingested_at TIMESTAMP
@@ -549,15 +550,19 @@ def _refresh_specialists(con, root: Path) -> int:
                 continue
             try:
                 man = json.loads(m.read_text())
-            except (OSError, json.JSONDecodeError):
+                sig = json.loads((d / "signing.json").read_text()) if (d / "signing.json").is_file() else {}
+            except (OSError, ValueError):
+                continue
+            if not isinstance(man, dict) or not isinstance(sig, dict):
                 continue
             rows.append((man.get("id", d.name), man.get("run_id"), man.get("recipe"), man.get("decision"),
-                         bool(man.get("forced", False)), man.get("created"), str(d), len(man.get("files", {})),
-                         man.get("base_digest")))
+                         bool(man.get("forced", False)), man.get("published") or man.get("created"), str(d),
+                         len(man.get("files", {})), man.get("base_digest"), sig.get("signer"),
+                         sig.get("manifest_sha256")))
     con.execute("DELETE FROM specialists")
     if rows:
         con.executemany("INSERT INTO specialists VALUES "
-                        "(?, ?, ?, ?, ?, TRY_CAST(TRY_CAST(? AS TIMESTAMPTZ) AS TIMESTAMP), ?, ?, ?)", rows)
+                        "(?, ?, ?, ?, ?, TRY_CAST(TRY_CAST(? AS TIMESTAMPTZ) AS TIMESTAMP), ?, ?, ?, ?, ?)", rows)
     return len(rows)
 
 

@@ -125,8 +125,12 @@ class EvalSpec(Strict):
 
 
 class Criteria(Strict):
-    primary_min: float | None = Field(None, ge=0, le=1, description="minimum primary score of the candidate")
-    breadth_drop_max_pp: float | None = Field(None, ge=0, description="largest allowed regression drop, in points")
+    primary_min: float | None = Field(None, ge=0, le=1, description="minimum primary score of the candidate; the candidate must also be significantly better than the base")
+    breadth_drop_max_pp: float | None = Field(None, ge=0, description="largest allowed regression drop, in points: the lower end of the paired interval must stay above minus this")
+    skill_drop_max_pp: float | None = Field(None, ge=0, description="largest allowed drop of any one skill of a regression suite, in points")
+    skill_drop_max_pp_by_skill: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict, description="'skill' or 'suite.skill' -> its own limit in points, overriding skill_drop_max_pp")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="two-sided confidence of every interval the gate reads")
+    rule: Literal["interval", "point"] = Field("interval", description="interval: decide on paired intervals (Holm over the regression family); point: on point estimates")
     suite_min: dict[str, float] = Field(default_factory=dict, description="'suite.metric' -> minimum candidate value")
     delta_min_pp: dict[str, float] = Field(default_factory=dict, description="'suite' or 'suite.metric' -> minimum gain over baseline, in points")
     max_vram_gb: float | None = Field(None, gt=0, description="largest GPU memory training may have used")

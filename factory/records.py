@@ -197,9 +197,16 @@ class CriterionResult(BaseModel):
     baseline: float | None = None
     candidate: float | None = None
     delta: float | None = None
-    interval: list[float] | None = None
-    p_value: float | None = None
+    interval: list[float] | None = Field(None, description="paired interval of delta at the recipe's confidence")
+    p_value: float | None = Field(None, description="McNemar exact p (primary, extra suites) or the one-sided "
+                                  "non-inferiority p (regression suites and skills)")
     passed: bool
+    reason: str | None = Field(None, description="the criterion's verdict in words, with its own numbers")
+    n: int | None = Field(None, description="paired samples behind the comparison")
+    rule: Literal["interval", "point"] | None = None
+    holm_alpha: float | None = Field(None, description="one-sided level Holm tested this member of the family at")
+    holm_interval: list[float] | None = Field(None, description="interval of delta at that level")
+    uninformative: bool | None = Field(None, description="the baseline is too low for a drop past the limit to show")
 
 
 class Decision(Record):
@@ -210,6 +217,11 @@ class Decision(Record):
     next_action: str | None = None
     blocked_by: list[str] = Field(default_factory=list)
     criteria: list[CriterionResult] = Field(default_factory=list)
+    rule: Literal["interval", "point"] | None = Field(None, description="whether intervals or point estimates decided")
+    confidence: float | None = Field(None, description="two-sided confidence of every interval")
+    policy: dict[str, Any] | None = Field(None, description="criteria as resolved, suites, and the gate's code identity")
+    policy_digest: str | None = Field(None, description="digest of policy: the same digest means the same policy")
+    stopped_by: str | None = Field(None, description="the guard stage whose verdict stopped the build")
 
 
 # --- artifact.json -------------------------------------------------------------

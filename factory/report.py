@@ -178,7 +178,7 @@ def criteria_rows(ev: Evidence) -> list[dict[str, str]]:
 
 
 def skill_deltas(ev: Evidence, suite: str = "breadth") -> list[dict[str, Any]]:
-    """Per skill: baseline, candidate, delta and a paired-bootstrap interval (from the samples)."""
+    """Per skill, worst delta first: baseline, candidate, delta and the gate's paired interval (from the samples)."""
     b, c = _suite(ev.baseline, suite), _suite(ev.candidate, suite)
     if b is None or c is None:
         return []
@@ -196,9 +196,12 @@ def skill_deltas(ev: Evidence, suite: str = "breadth") -> list[dict[str, Any]]:
         row = {"skill": skill, "baseline": bv.value if bv else None, "candidate": cv.value if cv else None,
                "delta": (cv.value - bv.value) if bv and cv else None, "interval": None}
         if skill in groups:
-            _, lo, hi = stats.paired_bootstrap(*groups[skill], seed=0, n_boot=1000)
-            row["interval"] = [lo, hi]
+            conf = float((ev.decision.confidence if ev.decision is not None else None) or 0.95)
+            _, centre, se = stats.paired_difference(*groups[skill])
+            lo, hi = stats.interval_at(centre, se, (1 - conf) / 2)
+            row["interval"] = [max(-1.0, lo), min(1.0, hi)]
         out.append(row)
+    out.sort(key=lambda r: (r["delta"] is None, r["delta"] if r["delta"] is not None else 0.0, r["skill"]))
     return out
 
 

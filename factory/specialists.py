@@ -5,21 +5,28 @@ the adapter (`adapter_model.safetensors` + `adapter_config.json`, byte for
 byte the run's), the tokenizer files and chat template of the base, a model
 card (`README.md`) that carries the evidence (intended use, base and digest,
 training data, every criterion with baseline and candidate values, the
-decision) and `manifest.json` with the digest of every file and the run and
-stage keys it came from.
+decision) and `manifest.json` with the sha256 of every other file and the run
+and stage keys it came from. Files are copies, never links into the cache.
+
+`signing.json` names the manifest's sha256 and the signer; a package published
+with a key (`factory package --sign-key`, or `FACTORY_SIGNING_KEY`) also holds
+`model.sig`, an OpenSSF model-signing signature over every file, and
+`signer.pub`. The card repeats the signer and the manifest digest.
 
 The recipe's `package` stage (`build_package`) writes `artifact.json` and,
 when the decision is ship, `specialist/` into the run; the engine then
 publishes it to `specialists/<recipe>-<key8>/` (`publish_specialist`).
 `factory package` does the same for a chosen run, and packages a run that did
 not ship only when forced, saying so at the top of the card. `factory verify`
-rechecks every digest.
+checks the signature and every file, and names what changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 from datetime import datetime, timezone
@@ -31,6 +38,13 @@ from factory.errors import FactoryError
 SPECIALIST_DIR = "specialist"
 MANIFEST = "manifest.json"
 CARD = "README.md"
+SIGNATURE = "model.sig"
+SIGNING = "signing.json"
+PUBLIC_KEY = "signer.pub"
+# Files outside the manifest's list: the manifest itself, and what names or signs it.
+UNLISTED = (MANIFEST, CARD, SIGNATURE, SIGNING, PUBLIC_KEY)
+KEY_ENV = "FACTORY_SIGNING_KEY"
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 # Tokenizer and chat-template files a transformers model directory may hold.
 TOKENIZER_FILES = (
@@ -43,11 +57,26 @@ PROMPT_TEMPLATE = "prompt_template.txt"
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
     except FileNotFoundError:
         return {}
+    except IsADirectoryError:
+        raise FactoryError(f"{path}: a directory, not a JSON file") from None
+    except UnicodeDecodeError as e:
+        raise FactoryError(f"{path}: not UTF-8 (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise FactoryError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(data, dict):
+        raise FactoryError(f"{path}: (root): expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _digest(path: Path) -> str:
@@ -56,12 +85,12 @@ def _digest(path: Path) -> str:
     return hash_file(path)
 
 
-def _link_or_copy(src: Path, dest: Path) -> None:
+def _copy(src: Path, dest: Path) -> None:
+    """A copy of a regular file: a package must not share an inode with the read-only cache."""
+    if Path(src).is_symlink():
+        raise FactoryError(f"{src}: a symlink; a package holds regular files only")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dest)
-    except OSError:
-        shutil.copyfile(src, dest)
+    shutil.copyfile(src, dest)
 
 
 def tokenizer_dir(base_dir: Path, root: Path | None = None) -> Path | None:
@@ -202,10 +231,29 @@ def model_card(*, spec_id: str, recipe: str, goal: str, owner: str, base: dict[s
     lines += ["", f"**Decision: {verdict}.** {decision.get('reason', '')}"]
     if decision.get("next_action"):
         lines.append(f"Next action: {decision['next_action']}")
-    lines += ["", "## Provenance", "",
-              f"`{MANIFEST}` lists the digest of every file here and the stage keys this package came from; "
-              "`factory verify <this directory>` rechecks them.", ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n" + provenance(None, None)
+
+
+PROVENANCE = "## Provenance"
+
+
+def provenance(manifest_sha256: str | None, signer: str | None) -> str:
+    """The card's last section: the manifest digest and who signed."""
+    lines = ["", PROVENANCE, "",
+             f"`{MANIFEST}` lists the sha256 of every file here and the stage keys this package came from; "
+             "`factory verify <this directory>` rechecks them and the signature.", ""]
+    if manifest_sha256:
+        lines.append(f"- manifest sha256: `{manifest_sha256}`")
+    lines.append(f"- signed by: {signer}" if signer else
+                 "- signed by: nobody (unsigned: the digests show accidents, not tampering)")
+    return "\n".join(lines) + "\n"
+
+
+def _set_provenance(dest: Path, manifest_sha256: str, signer: str | None) -> None:
+    card = dest / CARD
+    text = card.read_text() if card.is_file() else ""
+    head = text.split("\n" + PROVENANCE + "\n", 1)[0].rstrip("\n") + "\n"
+    card.write_text(head + provenance(manifest_sha256, signer))
 
 
 # --- writing a specialist ------------------------------------------------------------------
@@ -222,10 +270,10 @@ def write_specialist(dest: Path, *, spec_id: str, adapter_dir: Path, base_dir: P
         src = Path(adapter_dir) / n
         if not src.is_file():
             raise FactoryError(f"{src}: missing; the train stage writes it")
-        _link_or_copy(src, dest / n)
+        _copy(src, dest / n)
     toks = tokenizer_files(base_dir, root)
     for n, src in toks.items():
-        _link_or_copy(src, dest / n)
+        _copy(src, dest / n)
     template = _read_json(Path(base_dir) / "base.json").get("template")
     tok_cfg = _read_json(dest / "tokenizer_config.json")
     has_chat = (dest / "chat_template.jinja").is_file() or (dest / "chat_template.json").is_file() or bool(
@@ -239,16 +287,16 @@ def write_specialist(dest: Path, *, spec_id: str, adapter_dir: Path, base_dir: P
     write_manifest(dest, {
         "id": spec_id, "run_id": run_id, "recipe": recipe, "decision": decision.get("decision"),
         "shipped": decision.get("decision") == "ship", "forced": forced,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "base": base, "base_digest": base.get("digest"), "tokenizer_digest": tokenizer_digest(toks),
         "stage_keys": stage_keys, "inputs": inputs or {},
     })
+    seal(dest, None)
     return dest
 
 
 def write_manifest(dest: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    """manifest.json: `meta` plus the digest and size of every other file in the directory."""
-    man = {"schema_version": "1.0", **meta, "files": _files_of(dest)}
+    """manifest.json: `meta` plus the sha256 and size of every file but the card and the signing files."""
+    man = {"schema_version": "1.1", **meta, "files": _files_of(dest)}
     (Path(dest) / MANIFEST).write_text(json.dumps(man, indent=2, sort_keys=True) + "\n")
     return man
 
@@ -256,9 +304,88 @@ def write_manifest(dest: Path, meta: dict[str, Any]) -> dict[str, Any]:
 def _files_of(dest: Path) -> dict[str, dict[str, Any]]:
     out = {}
     for p in sorted(Path(dest).rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
-            out[p.relative_to(dest).as_posix()] = {"digest": _digest(p), "size": p.stat().st_size}
+        rel = p.relative_to(dest).as_posix()
+        if p.is_symlink():
+            raise FactoryError(f"{p}: a symlink; a package holds regular files only")
+        if p.is_file() and rel not in UNLISTED:
+            out[rel] = {"sha256": sha256_file(p), "size": p.stat().st_size}
     return out
+
+
+# --- signing -------------------------------------------------------------------------------
+
+def _model_signing():
+    try:
+        import model_signing  # noqa: F401  (optional extra: pip install -e ".[sign]")
+        from model_signing import hashing as ms_hashing, signing as ms_signing, verifying as ms_verifying
+    except ImportError as e:
+        raise FactoryError(f"signing needs the model-signing package ({e}); pip install -e \".[sign]\"") from None
+    return ms_hashing, ms_signing, ms_verifying
+
+
+def _public_key_of(key_path: Path):
+    """(public key PEM bytes, identity) of an elliptic-curve private key file; one-line errors naming the file."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key_path = Path(key_path)
+    try:
+        data = key_path.read_bytes()
+    except FileNotFoundError:
+        raise FactoryError(f"{key_path}: signing key missing") from None
+    except OSError as e:
+        raise FactoryError(f"{key_path}: cannot read the signing key ({e.strerror})") from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as e:
+        raise FactoryError(f"{key_path}: not a PEM private key without a password ({str(e).splitlines()[0]})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise FactoryError(f"{key_path}: not an elliptic-curve private key (model-signing signs with EC keys)")
+    pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return pub, key_identity(key.public_key())
+
+
+def key_identity(public_key: Any) -> str:
+    """A signer named by its key: sha256 of the DER SubjectPublicKeyInfo."""
+    from cryptography.hazmat.primitives import serialization
+
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "key sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def seal(dest: Path, key_path: Path | None, sigstore: bool = False) -> dict[str, Any]:
+    """Write signing.json and the card's provenance, then sign every file when a key (or sigstore) is given."""
+    dest = Path(dest)
+    for name in (SIGNATURE, PUBLIC_KEY):
+        (dest / name).unlink(missing_ok=True)
+    man_sha = sha256_file(dest / MANIFEST)
+    info: dict[str, Any] = {"manifest_sha256": man_sha, "signed": False, "method": None, "signer": None}
+    pub = None
+    if key_path is not None:
+        pub, identity = _public_key_of(Path(key_path))
+        info.update(signed=True, method="key", signer=identity)
+    elif sigstore:
+        info.update(signed=True, method="sigstore", signer="sigstore (identity in model.sig's certificate)")
+    if pub is not None:
+        (dest / PUBLIC_KEY).write_bytes(pub)
+    (dest / SIGNING).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    _set_provenance(dest, man_sha, info["signer"])
+    if info["signed"]:
+        ms_hashing, ms_signing, _ = _model_signing()
+        cfg = ms_signing.Config()
+        cfg = cfg.use_elliptic_key_signer(private_key=Path(key_path)) if key_path is not None else cfg.use_sigstore_signer()
+        cfg.set_hashing_config(ms_hashing.Config().set_ignored_paths(paths=[SIGNATURE], ignore_git_paths=False))
+        try:
+            cfg.sign(dest, dest / SIGNATURE)
+        except Exception as e:  # sigstore needs a network and an identity; a key can still be refused
+            raise FactoryError(f"{dest}: signing failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return info
+
+
+def signing_key(explicit: str | Path | None) -> Path | None:
+    """The private key to sign with: the one given, else $FACTORY_SIGNING_KEY, else none."""
+    value = explicit or os.environ.get(KEY_ENV)
+    return Path(value).expanduser() if value else None
 
 
 # --- the package stage ---------------------------------------------------------------------
@@ -305,13 +432,19 @@ def build_package(ctx: Any) -> None:
 
 # --- publishing ----------------------------------------------------------------------------
 
+def _safe_id(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not SAFE_ID.match(value) or ".." in value:
+        raise FactoryError(f"{where}: {value!r} is not a safe specialist name (letters, digits, '.', '_', '-')")
+    return value
+
+
 def specialist_id(run_dir: Path, recipe: str | None = None) -> str:
     """<recipe>-<key8> from a run directory named <date>-<recipe>-<key8>."""
     name = Path(run_dir).name
     key8 = name.rsplit("-", 1)[-1]
     if recipe is None:
         recipe = _read_json(Path(run_dir) / "config.json").get("recipe") or name[11:].rsplit("-", 1)[0]
-    return f"{recipe}-{key8}"
+    return _safe_id(f"{_safe_id(recipe, f'{name}: recipe')}-{key8}", f"{name}: specialist id")
 
 
 def _run_meta(run_dir: Path) -> dict[str, Any]:
@@ -321,11 +454,28 @@ def _run_meta(run_dir: Path) -> dict[str, Any]:
             "stage_keys": man.get("stage_keys") or cfg.get("stage_keys") or {}}
 
 
-def publish_specialist(run_dir: Path, root: Path) -> Path | None:
-    """Copy (hardlink) a run's specialist/ to specialists/<id>/; None if the run has none.
+def _listed_files(src: Path) -> list[str]:
+    """The files a package's manifest lists, each contained in the package and a regular file."""
+    man = _read_json(src / MANIFEST)
+    files = man.get("files")
+    if not isinstance(files, dict):
+        raise FactoryError(f"{src / MANIFEST}: files: expected an object of path -> digest")
+    out = []
+    for rel in sorted(files):
+        where = _contained(src, rel)
+        if where is not None:
+            raise FactoryError(f"{src / MANIFEST}: files: {rel!r} {where}")
+        out.append(rel)
+    return out
+
+
+def publish_specialist(run_dir: Path, root: Path, sign_key: str | Path | None = None,
+                       sigstore: bool = False) -> Path | None:
+    """Copy a run's specialist/ to specialists/<id>/, signed when a key is given or set; None if it has none.
 
     The published manifest adds the run id and every stage key, which the
-    package stage cannot know (the run's key includes its own).
+    package stage cannot know (the run's key includes its own); signing.json,
+    the card's provenance and the signature follow the new manifest.
     """
     run_dir = Path(run_dir)
     src = run_dir / SPECIALIST_DIR
@@ -335,18 +485,29 @@ def publish_specialist(run_dir: Path, root: Path) -> Path | None:
     spec_id = specialist_id(run_dir, src_man.get("recipe"))
     dest = Path(root) / "specialists" / spec_id
     meta = _run_meta(run_dir)
-    if (dest / MANIFEST).is_file():
-        old = _read_json(dest / MANIFEST)
-        if old.get("files") == src_man.get("files") and old.get("run_id") == meta["run_id"]:
-            return dest  # already published
+    key = signing_key(sign_key)
+    if (dest / MANIFEST).is_file() and key is None and not sigstore:
+        try:
+            old = _read_json(dest / MANIFEST)
+            intact = not verify(dest)
+        except FactoryError:
+            old, intact = {}, False
+        if old.get("files") == src_man.get("files") and old.get("run_id") == meta["run_id"] and intact:
+            return dest  # already published and intact
     tmp = dest.with_name(f".{spec_id}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for p in sorted(src.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
-            _link_or_copy(p, tmp / p.relative_to(src))
-    man = {**src_man, **meta, "id": spec_id}
-    (tmp / MANIFEST).write_text(json.dumps(man, indent=2, sort_keys=True) + "\n")
+    try:
+        for rel in [*_listed_files(src), CARD]:
+            if (src / rel).is_file():
+                _copy(src / rel, tmp / rel)
+        man = {**src_man, **meta, "id": spec_id,
+               "published": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        (tmp / MANIFEST).write_text(json.dumps(man, indent=2, sort_keys=True) + "\n")
+        seal(tmp, key, sigstore)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(tmp, dest)
@@ -374,7 +535,8 @@ def best_run(root: Path, recipe: str) -> str:
     return rows[0][0]
 
 
-def package_run(root: Path, run_dir: Path, force: bool = False) -> Path:
+def package_run(root: Path, run_dir: Path, force: bool = False, sign_key: str | Path | None = None,
+                sigstore: bool = False) -> Path:
     """specialists/<id>/ for a run: published from its specialist/, or built from the run when forced."""
     root, run_dir = Path(root), Path(run_dir)
     decision = _read_json(run_dir / "decision.json")
@@ -385,7 +547,7 @@ def package_run(root: Path, run_dir: Path, force: bool = False) -> Path:
         raise FactoryError(f"{run_dir.name}: decision is {verdict} ({decision.get('reason', '')}); "
                            "only shipped runs are packaged; --force packages it anyway and the card says so")
     if verdict == "ship" and (run_dir / SPECIALIST_DIR / MANIFEST).is_file():
-        dest = publish_specialist(run_dir, root)
+        dest = publish_specialist(run_dir, root, sign_key, sigstore)
         assert dest is not None
         return dest
     meta = _run_meta(run_dir)
@@ -411,6 +573,9 @@ def package_run(root: Path, run_dir: Path, force: bool = False) -> Path:
         eval_candidate=_read_json(run_dir / "eval-candidate.json"),
         forced=verdict != "ship", run_id=meta["run_id"], stage_keys=meta["stage_keys"],
     )
+    key = signing_key(sign_key)
+    if key is not None or sigstore:
+        seal(tmp, key, sigstore)
     if dest.exists():
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -418,8 +583,9 @@ def package_run(root: Path, run_dir: Path, force: bool = False) -> Path:
     return dest
 
 
-def cli_package(root: Path, run: str | None, best: str | None, force: bool) -> int:
-    """`factory package <run>` or `factory package --best <recipe>` [--force]."""
+def cli_package(root: Path, run: str | None, best: str | None, force: bool, sign_key: str | None = None,
+                sigstore: bool = False) -> int:
+    """`factory package <run>` or `factory package --best <recipe>` [--force] [--sign-key PEM | --sigstore]."""
     root = Path(root)
     try:
         if best and run:
@@ -430,13 +596,16 @@ def cli_package(root: Path, run: str | None, best: str | None, force: bool) -> i
         from factory.runs import resolve_run
 
         run_dir = resolve_run(root, ref)
-        dest = package_run(root, run_dir, force)
+        dest = package_run(root, run_dir, force, sign_key, sigstore)
     except FactoryError as e:
         print(f"factory package: {e}", file=sys.stderr)
         return 1
     man = _read_json(dest / MANIFEST)
     note = " (forced: the run did not ship; the card says so)" if man.get("forced") else ""
-    print(f"{dest}: {len(man.get('files', {}))} files from run {man.get('run_id')}{note}")
+    info = _read_json(dest / SIGNING)
+    signed = f"signed by {info['signer']}" if info.get("signed") else "unsigned"
+    print(f"{dest}: {len(man.get('files', {}))} files from run {man.get('run_id')}, {signed}, "
+          f"manifest sha256 {str(info.get('manifest_sha256'))[:16]}{note}")
     try:
         from factory import index
 
@@ -446,10 +615,35 @@ def cli_package(root: Path, run: str | None, best: str | None, force: bool) -> i
     return 0
 
 
-def verify(path: Path) -> list[str]:
-    """Problems found in a specialist directory, one line each; empty when every digest matches."""
+def _contained(root: Path, rel: Any) -> str | None:
+    """Why a manifest path is not a plain relative path inside root, or None when it is."""
+    if not isinstance(rel, str) or not rel:
+        return "is not a path"
+    if rel.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", rel) or "\\" in rel:
+        return "is not a relative POSIX path"
+    if any(part in ("..", "") for part in rel.split("/")):
+        return "escapes the package (.. or an empty part)"
+    try:
+        (Path(root) / rel).resolve().relative_to(Path(root).resolve())
+    except ValueError:
+        return "escapes the package through a symlink"
+    return None
+
+
+def verify(path: Path, public_key: str | Path | None = None) -> list[str]:
+    """Problems found in a specialist directory, one line each; empty when it is intact.
+
+    Every file listed must be a regular file inside the directory with the
+    listed sha256; nothing may be added; signing.json must name the manifest's
+    own sha256; a signed package's model.sig must verify (with public_key, or
+    the signer.pub it ships, whose identity must then be the one in signing.json).
+    """
     path = Path(path)
     man_path = path / MANIFEST
+    if not path.is_dir():
+        raise FactoryError(f"{path}: not a directory; not a packaged specialist")
+    if man_path.is_symlink():
+        raise FactoryError(f"{man_path}: a symlink; a package holds regular files only")
     if not man_path.is_file():
         raise FactoryError(f"{man_path}: missing; not a packaged specialist")
     man = _read_json(man_path)
@@ -458,25 +652,123 @@ def verify(path: Path) -> list[str]:
         raise FactoryError(f"{man_path}: files: missing or empty")
     problems = []
     for rel, ref in sorted(files.items()):
-        p = path / rel
-        if not p.is_file():
-            problems.append(f"{rel}: missing")
+        where = _contained(path, rel)
+        if where is not None:
+            problems.append(f"{rel}: {where} (listed in {MANIFEST})")
             continue
-        if ref.get("size") is not None and p.stat().st_size != ref["size"]:
+        if not isinstance(ref, dict):
+            problems.append(f"{rel}: manifest entry is {type(ref).__name__}, expected an object with sha256")
+            continue
+        p = path / rel
+        if p.is_symlink():
+            problems.append(f"{rel}: a symlink (to {os.readlink(p)}); a package holds regular files only")
+            continue
+        if not p.is_file():
+            problems.append(f"{rel}: missing (removed after packaging)")
+            continue
+        want = ref.get("sha256")
+        if not isinstance(want, str):
+            problems.append(f"{rel}: no sha256 in the manifest")
+        elif isinstance(ref.get("size"), int) and p.stat().st_size != ref["size"]:
             problems.append(f"{rel}: changed (size {p.stat().st_size}, manifest says {ref['size']})")
-        elif _digest(p) != ref.get("digest"):
-            problems.append(f"{rel}: changed (digest differs from the manifest)")
-    for p in sorted(path.rglob("*")):
-        rel = p.relative_to(path).as_posix()
-        if p.is_file() and p.name != MANIFEST and rel not in files:
-            problems.append(f"{rel}: not in the manifest")
+        elif sha256_file(p) != want:
+            problems.append(f"{rel}: changed (sha256 differs from the manifest)")
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in sorted([*dirnames, *filenames]):
+            p = Path(dirpath) / name
+            rel = p.relative_to(path).as_posix()
+            if p.is_symlink():
+                if rel not in files:
+                    problems.append(f"{rel}: a symlink (to {os.readlink(p)}); a package holds regular files only")
+            elif p.is_file() and rel not in files and rel not in UNLISTED:
+                problems.append(f"{rel}: added (not in the manifest)")
+    problems += _check_signing(path, public_key)
     return problems
 
 
-def cli_verify(path: str) -> int:
-    """`factory verify specialists/<id>`: 0 when every file matches its digest, else 1 naming each file."""
+def signing_state(path: Path) -> dict[str, Any]:
+    """signing.json of a package ({} when it has none)."""
+    p = Path(path) / SIGNING
+    return _read_json(p) if p.is_file() and not p.is_symlink() else {}
+
+
+def _check_signing(path: Path, public_key: str | Path | None) -> list[str]:
+    problems: list[str] = []
+    info = signing_state(path)
+    actual = sha256_file(path / MANIFEST)
+    if not info:
+        if (path / SIGNATURE).exists():
+            problems.append(f"{SIGNING}: missing beside {SIGNATURE}")
+        return problems
+    if info.get("manifest_sha256") != actual:
+        problems.append(f"{MANIFEST}: changed (sha256 {actual[:16]} differs from {SIGNING}'s "
+                        f"{str(info.get('manifest_sha256'))[:16]}): the manifest was edited after packaging")
+    card = path / CARD
+    if card.is_file() and not card.is_symlink() and str(info.get("manifest_sha256")) not in card.read_text(errors="replace"):
+        problems.append(f"{CARD}: does not show the manifest sha256 of {SIGNING}")
+    if not info.get("signed"):
+        if (path / SIGNATURE).exists():
+            problems.append(f"{SIGNATURE}: present, but {SIGNING} says the package is unsigned")
+        return problems
+    sig = path / SIGNATURE
+    if not sig.is_file() or sig.is_symlink():
+        problems.append(f"{SIGNATURE}: missing; {SIGNING} says the package is signed by {info.get('signer')}")
+        return problems
+    _, _, ms_verifying = _model_signing()
+    cfg = ms_verifying.Config()
+    if info.get("method") == "key":
+        key = Path(public_key) if public_key else path / PUBLIC_KEY
+        if not key.is_file():
+            problems.append(f"{key.name}: missing; no public key to check the signature with (pass --key)")
+            return problems
+        try:
+            from cryptography.hazmat.primitives import serialization
+
+            pub = serialization.load_pem_public_key(key.read_bytes())
+        except (ValueError, TypeError, UnicodeDecodeError):
+            raise FactoryError(f"{key}: not a PEM public key") from None
+        if key_identity(pub) != info.get("signer"):
+            problems.append(f"{SIGNING}: signer {info.get('signer')} is not the holder of {key} "
+                            f"({key_identity(pub)})")
+            return problems
+        cfg = cfg.use_elliptic_key_verifier(public_key=key)
+    elif info.get("method") == "sigstore":
+        identity, issuer = os.environ.get("FACTORY_SIGSTORE_IDENTITY"), os.environ.get("FACTORY_SIGSTORE_ISSUER")
+        if not identity or not issuer:
+            problems.append(f"{SIGNATURE}: sigstore signature; set FACTORY_SIGSTORE_IDENTITY and "
+                            "FACTORY_SIGSTORE_ISSUER to the identity you trust to check it")
+            return problems
+        cfg = cfg.use_sigstore_verifier(identity=identity, oidc_issuer=issuer)
+    else:
+        problems.append(f"{SIGNING}: method: {info.get('method')!r}; expected key or sigstore")
+        return problems
     try:
-        problems = verify(Path(path))
+        cfg.verify(path, sig)
+    except ValueError as e:
+        problems += _signature_diff(str(e))
+    except Exception as e:  # a malformed or forged bundle
+        problems.append(f"{SIGNATURE}: does not verify ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+    return problems
+
+
+def _signature_diff(message: str) -> list[str]:
+    """model-signing's mismatch message, one line per file, in the words verify uses."""
+    out = []
+    # The message is a Python list's repr, so its quotes may come escaped.
+    for m in re.finditer(r"Hash mismatch for \\*'([^'\\]+)\\*'", message):
+        out.append(f"{m.group(1)}: changed since it was signed")
+    for m in re.finditer(r"Extra files found in model \\*'[^']*\\*': ([^'\"\]\\]+)", message):
+        out += [f"{f.strip()}: added since signing" for f in m.group(1).split(",")]
+    for m in re.finditer(r"Missing files in model \\*'[^']*\\*': ([^'\"\]\\]+)", message):
+        out += [f"{f.strip()}: removed since signing" for f in m.group(1).split(",")]
+    return out or [f"{SIGNATURE}: does not verify ({message.splitlines()[0]})"]
+
+
+def cli_verify(path: str, public_key: str | None = None) -> int:
+    """`factory verify specialists/<id> [--key PUB]`: 0 when intact, else 1 naming each problem."""
+    try:
+        problems = verify(Path(path), public_key)
+        info = signing_state(Path(path))
     except FactoryError as e:
         print(f"factory verify: {e}", file=sys.stderr)
         return 1
@@ -485,5 +777,7 @@ def cli_verify(path: str) -> int:
             print(f"factory verify: {path}: {p}", file=sys.stderr)
         return 1
     n = len(_read_json(Path(path) / MANIFEST).get("files", {}))
-    print(f"{path}: ok, {n} files match manifest.json")
+    who = (f"signature by {info.get('signer')} verifies" if info.get("signed")
+           else "unsigned (nothing proves who made it)")
+    print(f"{path}: ok, {n} files match manifest.json (sha256 {str(info.get('manifest_sha256'))[:16]}); {who}")
     return 0

@@ -133,3 +133,90 @@ def paired_bootstrap(
             stats.append(sum(wd[i] for i in pick) / tw if tw else point)
     stats.sort()
     return (point, _percentile(stats, 0.025), _percentile(stats, 0.975))
+
+
+def z_quantile(p: float) -> float:
+    """The standard normal quantile Φ⁻¹(p)."""
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(p)
+
+
+def normal_sf(z: float) -> float:
+    """1 − Φ(z): the one-sided tail of the standard normal."""
+    from statistics import NormalDist
+
+    return 1.0 - NormalDist().cdf(z)
+
+
+def paired_difference(
+    baseline: Sequence[float], candidate: Sequence[float], weights: Sequence[float] | None = None
+) -> tuple[float, float, float]:
+    """(delta, centre, se) of mean(candidate) − mean(baseline) over paired samples, in closed form.
+
+    delta is the plain point estimate. For 0/1 values (correct or not) the centre
+    and standard error are Bonett and Price's adjusted Wald for paired rates: with
+    n12 pairs right -> wrong and n21 wrong -> right, p12 = (n12 + 1)/(n + 2),
+    p21 = (n21 + 1)/(n + 2), centre = p21 − p12 and
+    se = sqrt((p12 + p21 − (p21 − p12)²)/(n + 2)); the added pair keeps the
+    interval honest when there are few or no discordant pairs. For other values
+    the centre is delta and se = sd(d)/sqrt(n) of the per-pair differences d
+    (with weights: the weighted mean and se² = Σ w²(d − d̄)² / (Σ w)²).
+    """
+    n = len(baseline)
+    if n != len(candidate):
+        raise ValueError("paired sequences differ in length")
+    if n == 0:
+        return (float("nan"), float("nan"), float("nan"))
+    if weights is not None and len(weights) != n:
+        raise ValueError("weights differ in length from the pairs")
+    delta = _wmean(candidate, weights) - _wmean(baseline, weights)
+    binary = weights is None and all(v in (0.0, 1.0) for v in (*baseline, *candidate))
+    if binary:
+        n12 = sum(1 for b, c in zip(baseline, candidate) if b and not c)
+        n21 = sum(1 for b, c in zip(baseline, candidate) if c and not b)
+        p12, p21 = (n12 + 1) / (n + 2), (n21 + 1) / (n + 2)
+        centre = p21 - p12
+        return (delta, centre, math.sqrt(max(0.0, p12 + p21 - centre**2) / (n + 2)))
+    diffs = [c - b for b, c in zip(baseline, candidate)]
+    if weights is None:
+        var = sum((d - delta) ** 2 for d in diffs) / n
+        return (delta, delta, math.sqrt(var / n))
+    total = sum(weights)
+    if not total:
+        return (delta, delta, float("nan"))
+    return (delta, delta, math.sqrt(sum((w * (d - delta)) ** 2 for d, w in zip(diffs, weights))) / total)
+
+
+def interval_at(centre: float, se: float, one_sided_alpha: float) -> tuple[float, float]:
+    """centre ± z·se with z = Φ⁻¹(1 − one_sided_alpha); a two-sided level c has one_sided_alpha = (1 − c)/2."""
+    z = z_quantile(1 - one_sided_alpha)
+    return (centre - z * se, centre + z * se)
+
+
+def holm(p_values: Sequence[float], alpha: float) -> list[bool]:
+    """Holm's step-down: which hypotheses are rejected at family-wise level alpha.
+
+    Sort p ascending; the k-th smallest (k = 0, 1, ...) is rejected when
+    p ≤ alpha / (m − k) and every smaller one was rejected; the first failure
+    stops the procedure.
+    """
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: (p_values[i], i))
+    out = [False] * m
+    for k, i in enumerate(order):
+        if p_values[i] <= alpha / (m - k):
+            out[i] = True
+        else:
+            break
+    return out
+
+
+def holm_levels(p_values: Sequence[float], alpha: float) -> list[float]:
+    """The level alpha / (m − k) Holm compares each p-value with (k: its rank, smallest first)."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: (p_values[i], i))
+    levels = [alpha] * m
+    for k, i in enumerate(order):
+        levels[i] = alpha / (m - k)
+    return levels

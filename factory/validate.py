@@ -194,10 +194,9 @@ def validate_run(run_dir: Path) -> list[str]:
             except FactoryError as e:
                 problems.append(f"decision.json: cannot re-run the gate: {e}")
             else:
-                if again.decision != decision.decision:
-                    problems.append(
-                        f"decision.json: says {decision.decision}, but the evidence as it is now gives {again.decision}"
-                    )
+                from factory.gate import rederive
+
+                problems.extend(rederive(decision, again))
     return problems
 
 

@@ -77,3 +77,32 @@ def test_mean_interval_brackets_the_mean():
     assert mean == pytest.approx(49.5)
     assert lo < mean < hi
     assert hi - lo == pytest.approx(2 * 1.96 * statistics.pstdev(vals) / 10, rel=0.15)
+
+
+def test_paired_difference_binary_is_bonett_price():
+    # 10 pairs: 3 right -> wrong, 1 wrong -> right. p12 = 4/12, p21 = 2/12, centre = -1/6,
+    # se = sqrt((6/12 - 1/36) / 12) = 0.19843.
+    base = [1, 1, 1, 0, 1, 1, 0, 0, 1, 1]
+    cand = [0, 0, 0, 1, 1, 1, 0, 0, 1, 1]
+    delta, centre, se = stats.paired_difference([float(x) for x in base], [float(x) for x in cand])
+    assert delta == pytest.approx(-0.2) and centre == pytest.approx(-1 / 6)
+    assert se == pytest.approx(((6 / 12 - 1 / 36) / 12) ** 0.5)
+    lo, hi = stats.interval_at(centre, se, 0.025)
+    assert lo == pytest.approx(-1 / 6 - 1.959964 * se, abs=1e-6) and hi == pytest.approx(-1 / 6 + 1.959964 * se, abs=1e-6)
+
+
+def test_paired_difference_continuous_and_weighted():
+    delta, centre, se = stats.paired_difference([1.0, 2.0, 3.0], [1.5, 2.0, 4.0])
+    # d = 0.5, 0, 1; mean 0.5; population variance 1/6; se = sqrt(1/6 / 3)
+    assert delta == centre == pytest.approx(0.5) and se == pytest.approx((1 / 18) ** 0.5)
+    delta, _, se = stats.paired_difference([1.0, 2.0], [2.0, 2.0], weights=[3.0, 1.0])
+    # weighted d = (3 * 1 + 1 * 0) / 4 = 0.75; se = sqrt(9 * 0.25^2 + 1 * 0.75^2) / 4
+    assert delta == pytest.approx(0.75) and se == pytest.approx((9 * 0.0625 + 0.5625) ** 0.5 / 4)
+
+
+def test_holm_step_down():
+    # m = 3 at alpha 0.05: the smallest against 0.05/3, then 0.05/2, then 0.05.
+    assert stats.holm([0.01, 0.04, 0.03], 0.05) == [True, False, False]  # 0.03 > 0.025 stops it
+    assert stats.holm([0.01, 0.02, 0.04], 0.05) == [True, True, True]
+    assert stats.holm([0.02, 0.001], 0.05) == [True, True]
+    assert stats.holm_levels([0.02, 0.001, 0.5], 0.05) == pytest.approx([0.025, 0.05 / 3, 0.05])

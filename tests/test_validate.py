@@ -115,3 +115,19 @@ def test_exported_schemas_are_current(tmp_path):
     fresh = {p.name: p.read_text() for p in export_schemas(tmp_path / "schemas")}
     committed = {p.name: p.read_text() for p in (ROOT / "docs" / "schemas").glob("*.schema.json")}
     assert fresh == committed, "docs/schemas is stale: run python -c 'from factory.records import export_schemas; export_schemas(\"docs/schemas\")'"
+
+
+def test_validate_rederives_the_decision_under_its_policy(tmp_path):
+    run = make_run(tmp_path)
+    assert validate_run(run) == []
+    # The recipe's criteria changed after the decision: named, with the field.
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["criteria"] = {**cfg["criteria"], "confidence": 0.99}
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert "decision.json: decided under other criteria than config.json's (criteria.confidence)" in validate_run(run)
+    # A policy edited in place no longer matches its digest.
+    run2 = make_run(tmp_path, name="run2")
+    d = json.loads((run2 / "decision.json").read_text())
+    d["policy"]["criteria"]["breadth_drop_max_pp"] = 50
+    (run2 / "decision.json").write_text(json.dumps(d))
+    assert "decision.json: policy_digest does not match the policy recorded beside it" in validate_run(run2)
