@@ -133,10 +133,10 @@ class Session:
             seconds = round(time.perf_counter() - t0, 4)
             self.store.publish(key, out, {"stage": stage, "kind": st.kind, "recipe": recipe,
                                           "created": utc_now(), "seconds": seconds,
-                                          "material": plan.material(stage)})
+                                          "material": plan.material(stage), "facts": ctx.facts})
             shutil.rmtree(self.store.work / key, ignore_errors=True)
             self.record(stage=stage, kind=st.kind, key=key, status="built", start=start, end=utc_now(),
-                        seconds=seconds, recipe=recipe)
+                        seconds=seconds, recipe=recipe, **({"facts": ctx.facts} if ctx.facts else {}))
             return "built"
 
     def build(self, recipe: str) -> Path:

@@ -113,8 +113,8 @@ class TrainLogLine(BaseModel):
     step: int
     loss: float
     lr: float
-    tokens_per_s: float
-    elapsed_s: float
+    tokens_per_s: float | None = Field(None, description="older runs only: timings now live in the stage manifest")
+    elapsed_s: float | None = Field(None, description="older runs only: timings now live in the stage manifest")
     heldout_loss: float | None = None
 
 
@@ -125,8 +125,10 @@ class TrainSummary(Record):
     steps: int
     final_loss: float
     best_heldout_loss: float | None = None
-    seconds: float
-    tokens_per_s: float
+    # Older runs recorded these; an output holds content only, so timings now live in the stage
+    # manifest's facts and events.jsonl.
+    seconds: float | None = None
+    tokens_per_s: float | None = None
     device: str
     processes: int = 1
     threads: int | None = None
