@@ -43,6 +43,15 @@ class Session:
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
         self.store = Store(self.root / "cache")
+        self._remote: Any = False  # not looked up yet
+
+    def remote(self):
+        """The project's remote cache (factory.remote.Remote), or None; settings are read once, fsspec later."""
+        if self._remote is False:
+            from factory.remote import from_settings
+
+            self._remote = from_settings(self.root)
+        return self._remote
 
     @property
     def regs(self):
@@ -105,13 +114,19 @@ class Session:
         st = plan.stages[stage]
         key = plan.key(stage)
         start, t0 = utc_now(), time.perf_counter()
-        with self.store.lock(key):
+        with self.store.shared(), self.store.lock(key):
             man = self.store.check(key)
             self._report_corruption()
             if man is not None:
+                self.store.touch_used(key)
                 self.record(stage=stage, kind=st.kind, key=key, status="hit", start=start, end=utc_now(),
                             seconds=round(time.perf_counter() - t0, 4), recipe=recipe)
                 return "hit"
+            remote = self.remote()
+            if remote is not None and remote.fetch(self.store, key, stage) is not None:
+                self.record(stage=stage, kind=st.kind, key=key, status="restored", start=start, end=utc_now(),
+                            seconds=round(time.perf_counter() - t0, 4), recipe=recipe, source=remote.name)
+                return "restored"
             out = self.store.new_build_dir()
             ctx = BuildContext(
                 recipe=plan.recipe, stage=stage, kind=st.kind, key=key, config=plan.config(stage),
@@ -135,6 +150,8 @@ class Session:
                                           "created": utc_now(), "seconds": seconds,
                                           "material": plan.material(stage), "facts": ctx.facts})
             shutil.rmtree(self.store.work / key, ignore_errors=True)
+            if remote is not None:
+                remote.push(self.store, key)
             self.record(stage=stage, kind=st.kind, key=key, status="built", start=start, end=utc_now(),
                         seconds=seconds, recipe=recipe, **({"facts": ctx.facts} if ctx.facts else {}))
             return "built"

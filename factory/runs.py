@@ -162,7 +162,7 @@ def finish_run(session, recipe: str) -> Path:
         for name, key in keys.items():
             if not plan.stages[name].run_files:
                 continue
-            link_outputs(session.store, session.store.manifest(key), staging)
+            link_outputs(session.store, session.store.manifest(key), staging, copy=True)
         (staging / "config.json").write_text(dump_record(_config_record(session, recipe, keys)))
         _append_events(staging, events)
         files = {p.relative_to(staging).as_posix(): hashing.hash_file(p) for p in hashing.tree_files(staging)
