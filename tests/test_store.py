@@ -1,0 +1,201 @@
+"""The store a team shares: early cutoff, bit rot, gc beside builds, eviction, verify and the remote cache."""
+
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from factory import hashing
+from factory.store import Store
+
+
+def _manifests(root: Path) -> dict[str, dict]:
+    return {m.stem: json.loads(m.read_text()) for m in (root / "cache" / "stages").glob("*.json")}
+
+
+def _by_stage(root: Path, stage: str) -> tuple[str, dict]:
+    return next((k, m) for k, m in _manifests(root).items() if m["stage"] == stage)
+
+
+def _events_file(p: Path) -> list[dict]:
+    return [json.loads(line) for line in p.read_text().splitlines()]
+
+
+# --- content-only outputs -------------------------------------------------------------
+
+def test_a_stage_that_executes_again_with_the_same_bytes_stops_the_rebuild_there(project):
+    project.doit("recipe:demo")
+    runs = project.runs()
+    key, man = _by_stage(project.root, "train")
+    assert "seconds" in man["facts"]  # measurements live in the manifest, not in the outputs
+    store = Store(project.root / "cache")
+    store.drop(key)  # lost, as if evicted: the stage must execute again
+    for e in man["outputs"].values():
+        obj = store.object_path(e["digest"])
+        os.chmod(obj, 0o644)
+        obj.unlink()
+    project.reset_builds()
+    project.doit("recipe:demo")
+    assert project.builds() == ["train"]  # same bytes, same digest: every stage after is a hit
+    key2, man2 = _by_stage(project.root, "train")
+    assert key2 == key and man2["output_digest"] == man["output_digest"]
+    assert man2["facts"]["seconds"] != man["facts"]["seconds"]  # the facts did change
+    assert project.runs() == runs  # no new run directory
+    ledgers = sorted((project.root / "cache" / "events").glob("*.jsonl"), key=lambda p: p.stat().st_mtime_ns)
+    built = [e for e in _events_file(ledgers[-1]) if e["status"] == "built"]  # this invocation's events
+    assert [e["stage"] for e in built] == ["train"] and "seconds" in built[0]["facts"]
+
+
+# --- bit rot ----------------------------------------------------------------------------
+
+def test_stat_cache_does_not_vouch_for_a_file_whose_ctime_moved(tmp_path):
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"a" * 4096)
+    time.sleep(0.05)
+    cache = hashing.StatCache(tmp_path / "sc.json")
+    d0 = cache.digest(f)
+    st = f.stat()
+    with open(f, "r+b") as fh:  # flip one byte, then put size and mtime back, as bit rot would look
+        fh.write(b"b")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert f.stat().st_mtime_ns == st.st_mtime_ns
+    assert cache.digest(f) != d0 and cache.hashed == 2
+
+
+def test_bit_rot_with_mtime_put_back_is_caught_and_the_run_directory_is_unharmed(project):
+    project.doit("recipe:demo")
+    run = project.runs()[0]
+    good = (run / "decision.json").read_bytes()
+    _, man = _by_stage(project.root, "decide")
+    obj = Store(project.root / "cache").object_path(man["outputs"]["decision.json"]["digest"])
+    st = obj.stat()
+    os.chmod(obj, 0o644)
+    data = bytearray(obj.read_bytes())
+    data[2] ^= 0x01
+    obj.write_bytes(bytes(data))
+    os.utime(obj, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (run / "decision.json").read_bytes() == good  # a copy, not a link: damage stays in the store
+    project.reset_builds()
+    r = project.doit("recipe:demo")
+    assert "corrupted" in r.stderr and project.builds() == ["decide"]
+    assert hashing.hash_file(obj) == man["outputs"]["decision.json"]["digest"]
+    _assert_run_intact(run)
+
+
+def _assert_run_intact(run: Path) -> None:
+    files = json.loads((run / "run_manifest.json").read_text())["files"]
+    assert files and {rel: hashing.hash_file(run / rel) for rel in files} == files
+
+
+def test_cache_verify_finds_and_drops_damaged_objects(project):
+    project.doit("recipe:demo")
+    key, man = _by_stage(project.root, "eval-baseline")
+    obj = Store(project.root / "cache").object_path(next(iter(man["outputs"].values()))["digest"])
+    os.chmod(obj, 0o644)
+    obj.write_bytes(b"truncated")
+    r = project.factory("cache", "verify", "--dry-run")
+    assert r.returncode == 1 and "1 damaged" in r.stdout and obj.exists()
+    r = project.factory("cache", "verify")
+    assert r.returncode == 0 and "1 damaged" in r.stdout and "eval-baseline" in r.stdout
+    assert not obj.exists() and key not in _manifests(project.root)
+    project.reset_builds()
+    project.doit("recipe:demo")
+    assert project.builds() == ["eval-baseline"]
+
+
+# --- gc and builds exclude each other ------------------------------------------------------
+
+def _publisher(root: str, rounds: int, q) -> None:
+    store = Store(Path(root))
+    for i in range(rounds):
+        d = store.new_build_dir()
+        (d / "a.txt").write_text(f"round {i}\n")
+        (d / "shared.txt").write_text("the same bytes every round\n")  # an object that already exists
+        store.publish(f"k{i:04d}", d, {"stage": "s"})
+    q.put("done")
+
+
+def _collector(root: str, stop) -> None:
+    store = Store(Path(root))
+    while not stop.is_set():
+        store.gc()
+
+
+def test_gc_racing_publishes_leaves_no_manifest_without_its_objects(tmp_path):
+    rounds = 300
+    ctx = multiprocessing.get_context("fork")
+    q, stop = ctx.Queue(), ctx.Event()
+    gc = ctx.Process(target=_collector, args=(str(tmp_path), stop))
+    pub = ctx.Process(target=_publisher, args=(str(tmp_path), rounds, q))
+    gc.start()
+    pub.start()
+    try:
+        assert q.get(timeout=120) == "done"
+    finally:
+        stop.set()
+        pub.join(30)
+        gc.join(30)
+    store = Store(tmp_path)
+    mans = [store.manifest(m.stem) for m in store.stages.glob("*.json")]
+    assert len(mans) == rounds
+    missing = [m["key"] for m in mans for e in m["outputs"].values() if not store.object_path(e["digest"]).exists()]
+    assert missing == []  # zero manifests without objects
+
+
+# --- eviction ----------------------------------------------------------------------------
+
+def _age(root: Path, days: float) -> None:
+    t = time.time() - days * 86400
+    for p in (root / "cache" / "used").iterdir():
+        os.utime(p, (t, t))
+
+
+def test_gc_evicts_by_last_use_keeps_pinned_runs_and_runs_still_read(project):
+    project.doit("recipe:demo")
+    run = project.runs()[0]
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    _age(project.root, 40)
+    r = project.factory("cache", "gc", "--older-than", "30d", "--dry-run")
+    n = len(_manifests(project.root))
+    assert "would free" in r.stdout and n >= 8
+    assert project.factory("pin", run.name).returncode == 0
+    r = project.factory("cache", "gc", "--older-than", "30d")
+    assert r.returncode == 0 and "0 stages evicted" in r.stdout  # every stage belongs to the pinned run
+    assert project.factory("pin", "--remove", run.name).returncode == 0
+    r = project.factory("cache", "gc", "--older-than", "30d")
+    assert f"{n} stages evicted" in r.stdout and "freed" in r.stdout
+    assert _manifests(project.root) == {}
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # the run still reads
+    _assert_run_intact(run)
+    project.reset_builds()
+    project.doit("recipe:demo")
+    assert len(project.builds()) == n and project.runs() == [run]
+
+
+def test_gc_max_size_evicts_least_recently_used_first(project):
+    project.doit("recipe:demo")
+    used = project.root / "cache" / "used"
+    key, _ = _by_stage(project.root, "dataset")
+    _age(project.root, 1)
+    os.utime(used / key)  # the dataset was used just now
+    n = len(_manifests(project.root))
+    r = project.factory("cache", "gc", "--max-size", "0")
+    assert f"{n} stages evicted" in r.stdout
+    project.doit("recipe:demo")
+    sizes = sum(e["size"] for m in _manifests(project.root).values() for e in m["outputs"].values())
+    data_size = sum(e["size"] for e in _by_stage(project.root, "dataset")[1]["outputs"].values())
+    _age(project.root, 1)
+    os.utime(used / _by_stage(project.root, "dataset")[0])
+    r = project.factory("cache", "gc", "--max-size", str(data_size))
+    assert r.returncode == 0
+    left = _manifests(project.root)
+    assert [m["stage"] for m in left.values()] == ["dataset"] and sizes > data_size
+
+
+def test_gc_rejects_a_bad_size_in_one_line(project):
+    r = project.factory("cache", "gc", "--max-size", "lots")
+    assert r.returncode == 2 and "--max-size" in r.stderr and "Traceback" not in r.stderr
