@@ -199,3 +199,130 @@ def test_gc_max_size_evicts_least_recently_used_first(project):
 def test_gc_rejects_a_bad_size_in_one_line(project):
     r = project.factory("cache", "gc", "--max-size", "lots")
     assert r.returncode == 2 and "--max-size" in r.stderr and "Traceback" not in r.stderr
+
+
+# --- the remote cache -------------------------------------------------------------------
+
+def _clone(project, tmp_path, name="clone"):
+    """A second checkout of the same project: recipes and code, no cache/ and no runs/."""
+    from conftest import Project
+
+    dest = tmp_path / name
+    shutil.copytree(project.root, dest, ignore=shutil.ignore_patterns("cache", "runs", "builds.log", ".doit*"))
+    return Project(dest)
+
+
+def _decision(project) -> str:
+    return json.loads((project.runs()[0] / "decision.json").read_text())["decision"]
+
+
+def test_two_clones_share_one_remote_the_second_builds_nothing(project, tmp_path):
+    remote = tmp_path / "shared-cache"
+    (project.root / "factory.toml").write_text(f'remote = "file://{remote}"\n')
+    other = _clone(project, tmp_path)
+    project.doit("recipe:demo")
+    assert len(list((remote / "stages").glob("*.json"))) == len(_manifests(project.root))
+    r = other.doit("recipe:demo")
+    assert other.builds() == [] and "warning" not in r.stderr
+    assert _decision(other) == _decision(project)
+    assert {k: m["output_digest"] for k, m in _manifests(other.root).items()} == {
+        k: m["output_digest"] for k, m in _manifests(project.root).items()}
+    events = _events_file(sorted((other.root / "cache" / "events").glob("*.jsonl"))[-1])
+    assert {e["status"] for e in events} == {"restored"}
+    # status and a no-op: the second build of the clone never asks the remote
+    r = other.factory("cache", "status", "demo")
+    assert r.returncode == 0 and "local: yes" in r.stdout and "remote: no" not in r.stdout
+    shutil.rmtree(remote)
+    r = other.doit("recipe:demo")
+    assert other.builds() == [] and r.stderr == ""
+
+
+def test_a_damaged_remote_object_is_discarded_and_the_stage_built_locally(project, tmp_path):
+    remote = tmp_path / "shared-cache"
+    project.doit("recipe:demo", FACTORY_REMOTE=f"file://{remote}")
+    key, man = _by_stage(project.root, "train")
+    obj = remote / "objects" / man["outputs"]["train.json"]["digest"][:2] / man["outputs"]["train.json"]["digest"]
+    obj.write_bytes(b"{}")
+    other = _clone(project, tmp_path)
+    r = other.doit("recipe:demo", FACTORY_REMOTE=f"file://{remote}")
+    assert "does not match its digest" in r.stderr
+    assert other.builds() == ["train"] and _decision(other) == _decision(project)
+
+
+def test_an_unreachable_remote_is_one_warning_or_an_error_when_required(project, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    url = f"file://{tmp_path}/a-file/cache"  # a path that cannot be a directory
+    r = project.doit("recipe:demo", FACTORY_REMOTE=url)
+    warnings = [line for line in r.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "unreachable" in warnings[0]
+    assert len(project.builds()) == len(_manifests(project.root))
+    other = _clone(project, tmp_path)
+    r = other.doit("recipe:demo", check=False, FACTORY_REMOTE=url, FACTORY_REMOTE_REQUIRED="1")
+    assert r.returncode != 0 and "remote_required" in (r.stdout + r.stderr)
+
+
+def test_a_push_killed_half_way_shows_no_manifest_and_concurrent_pushes_agree(project, tmp_path):
+    import threading
+
+    from factory.remote import Remote
+
+    project.doit("recipe:demo")
+    store = Store(project.root / "cache")
+    key, man = next((k, m) for k, m in _manifests(project.root).items() if len(m["outputs"]) > 1)
+    remote = Remote(f"file://{tmp_path / 'remote'}")
+    real, calls = Remote._put, []
+
+    def dying_put(self, fs, local, dest):
+        calls.append(dest)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed after one object
+        real(self, fs, local, dest)
+
+    Remote._put = dying_put
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            remote.push(store, key)
+    finally:
+        Remote._put = real
+    assert remote.manifest(key) is None and not list((tmp_path / "remote").rglob("*.json"))
+    pushers = [threading.Thread(target=Remote(remote.url).push, args=(store, key)) for _ in range(4)]
+    for t in pushers:
+        t.start()
+    for t in pushers:
+        t.join()
+    assert remote.manifest(key)["output_digest"] == man["output_digest"]
+    objs = [p for p in (tmp_path / "remote" / "objects").rglob("*") if p.is_file()]
+    assert all(hashing.hash_file(p) == p.name for p in objs) and len(objs) == len(man["outputs"])
+
+
+def test_s3_remote_on_a_local_moto_server(project, tmp_path):
+    pytest.importorskip("s3fs")
+    server_mod = pytest.importorskip("moto.server")
+    import socket
+
+    import boto3
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    secret = "s3cr3t-never-written-anywhere"
+    env = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1"}
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                     aws_secret_access_key=secret, region_name="us-east-1").create_bucket(Bucket="team")
+        (project.root / "factory.toml").write_text(
+            f'remote = "s3://team/factory-cache"\n[remote_options]\nendpoint_url = "{endpoint}"\n')
+        other = _clone(project, tmp_path)
+        r1 = project.doit("recipe:demo", **env)
+        r2 = other.doit("recipe:demo", **env)
+        assert other.builds() == [] and _decision(other) == _decision(project)
+        r3 = other.factory("cache", "status", "demo", **env)
+        assert r3.returncode == 0 and "remote: no" not in r3.stdout and "s3://team/factory-cache" in r3.stdout
+        written = [p for root in (project.root, other.root) for p in root.rglob("*") if p.is_file()]
+        assert not any(secret.encode() in p.read_bytes() for p in written)
+        assert not any(secret in r.stdout + r.stderr for r in (r1, r2, r3))
+    finally:
+        server.stop()
