@@ -55,6 +55,12 @@ def cmd_pin(args) -> int:
     return cli_pin(_root(), args.run, remove=args.remove)
 
 
+def cmd_reproduce(args) -> int:
+    from factory.reproduce import cli_reproduce
+
+    return cli_reproduce(_root(), args.run, keep=args.keep)
+
+
 def cmd_check(args) -> int:
     from factory.engine import Session
     from factory.recipe import recipe_files
@@ -161,6 +167,10 @@ def parser() -> argparse.ArgumentParser:
         s = csub.add_parser(action, help=text + " (a recipe's stages, or all)")
         s.add_argument("recipe", nargs="?")
         s.set_defaults(fn=cmd_cache)
+    s = sub.add_parser("reproduce", help="rebuild a run from its directory in a clean store; compare every stage")
+    s.add_argument("run")
+    s.add_argument("--keep", action="store_true", help="keep the rebuilt project (its path is printed)")
+    s.set_defaults(fn=cmd_reproduce)
     s = sub.add_parser("pin", help="keep a run's stage outputs through `factory cache gc`")
     s.add_argument("run")
     s.add_argument("--remove", action="store_true", help="unpin")

@@ -70,6 +70,10 @@ class RunConfig(Record):
     evals: dict[str, Any] = Field(default_factory=dict)
     criteria: dict[str, Any] = Field(default_factory=dict)
     stage_keys: dict[str, str] = Field(default_factory=dict)
+    stages: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="every stage's resolved config (base options, breadth spec, ...)")
+    stage_outputs: dict[str, str] = Field(default_factory=dict, description="stage -> output digest")
+    seeds: dict[str, int] = Field(default_factory=dict, description="every seed, by where it sits: train.seed, ...")
 
 
 # --- dataset.json --------------------------------------------------------------

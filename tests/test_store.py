@@ -326,3 +326,26 @@ def test_s3_remote_on_a_local_moto_server(project, tmp_path):
         assert not any(secret in r.stdout + r.stderr for r in (r1, r2, r3))
     finally:
         server.stop()
+
+
+# --- runs that reproduce -----------------------------------------------------------------
+
+def test_a_run_keeps_its_recipe_and_every_resolved_setting_and_reproduces(project):
+    project.doit("recipe:demo")
+    run = project.runs()[0]
+    cfg = json.loads((run / "config.json").read_text())
+    assert (run / "recipe.yaml").read_text() == (project.root / "recipes" / "demo.yaml").read_text()
+    assert cfg["stages"]["base"]["base"] == {"size": 1}  # the base's options, as the family resolved them
+    assert cfg["stages"]["breadth"]["sources"][0]["options"] == {"rows": 20}  # the breadth spec
+    assert set(cfg["stages"]) == set(cfg["stage_keys"]) == set(cfg["stage_outputs"])
+    assert cfg["seeds"]["train.seed"] == 0
+    # Today's recipe file changes; the run still reproduces from its own copy.
+    project.set_recipe((project.root / "recipes" / "demo.yaml").read_text().replace("0.8", "0.5"))
+    r = project.factory("reproduce", run.name)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{len(cfg['stage_keys'])} of {len(cfg['stage_keys'])} stages identical" in r.stdout
+    # Changed source data: reproduce says which stages differ.
+    (project.root / "recipes" / "demo" / "lines.txt").write_text("other\n" * 30)
+    r = project.factory("reproduce", run.name)
+    assert r.returncode == 1 and "different" in r.stdout
+    assert "dataset" in next(line for line in r.stdout.splitlines() if "different" in line)
