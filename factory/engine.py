@@ -45,6 +45,25 @@ class Session:
         self.store = Store(self.root / "cache")
         self._remote: Any = False  # not looked up yet
 
+    def settings(self) -> dict[str, Any]:
+        """The project's [tool.factory] settings (remote, executor, ...), read once."""
+        if not hasattr(self, "_settings"):
+            from factory.remote import settings
+
+            self._settings = settings(self.root)
+        return self._settings
+
+    def _build(self, recipe: str, ctx: BuildContext) -> None:
+        """Run a stage's build here, or as a Ray task where the project says so (factory.executor)."""
+        from factory import executor
+
+        if executor.wanted(self.settings(), ctx.kind):
+            ctx.facts.update(executor.build_on_cluster(
+                self.settings(), str(self.root), recipe, ctx.stage, str(ctx.out), str(ctx.work),
+                executor.resources(ctx.recipe, ctx.kind)))
+        else:
+            self.regs.stages.get(ctx.kind).build(ctx)
+
     def remote(self):
         """The project's remote cache (factory.remote.Remote), or None; settings are read once, fsspec later."""
         if self._remote is False:
@@ -136,7 +155,7 @@ class Session:
                 extra={"family": plan.family, "session": self},
             )
             try:
-                self.regs.stages.get(st.kind).build(ctx)
+                self._build(recipe, ctx)
             except BaseException as e:  # noqa: BLE001 - recorded, then re-raised
                 shutil.rmtree(out, ignore_errors=True)
                 err = str(e) if isinstance(e, FactoryError) else f"{type(e).__name__}: {e}"

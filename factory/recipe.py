@@ -57,6 +57,14 @@ class TrainSpec(Strict):
         "auto", description="training precision; auto: the family's choice, else bf16 on CUDA that has it"
     )
     options: dict[str, Any] = Field(default_factory=dict, description="trainer settings: lora r/alpha/dropout/targets, max_len, ...")
+    resources: "Resources | None" = Field(None, description="what the stage asks of a Ray cluster (executor: ray)")
+
+
+class Resources(Strict):
+    """What a heavy stage asks of the cluster when it runs as a Ray task; never part of a stage key."""
+
+    num_cpus: float = Field(1, gt=0, description="CPUs the task reserves")
+    num_gpus: float = Field(0, ge=0, description="GPUs the task reserves")
 
 
 class EvalSpec(Strict):
@@ -66,6 +74,7 @@ class EvalSpec(Strict):
     batch_size: int = Field(64, gt=0, description="prompts per generation batch")
     max_new_tokens: int = Field(96, gt=0, description="generation length limit")
     limit: int | None = Field(None, gt=0, description="score at most this many rows per suite")
+    resources: Resources | None = Field(None, description="what each eval stage asks of a Ray cluster (executor: ray)")
 
     def suites(self) -> list[str]:
         seen: list[str] = []
@@ -187,3 +196,6 @@ def reference_rows() -> list[tuple[str, str, str, str]]:
 
     walk(Recipe, "")
     return rows
+
+
+TrainSpec.model_rebuild()

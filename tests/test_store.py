@@ -349,3 +349,49 @@ def test_a_run_keeps_its_recipe_and_every_resolved_setting_and_reproduces(projec
     r = project.factory("reproduce", run.name)
     assert r.returncode == 1 and "different" in r.stdout
     assert "dataset" in next(line for line in r.stdout.splitlines() if "different" in line)
+
+
+# --- stages on a Ray cluster ---------------------------------------------------------------
+
+@pytest.mark.slow  # a Ray head takes most of a minute to start on two cores; CI runs it (`pytest -m slow`)
+def test_heavy_stages_run_as_ray_tasks_on_a_local_cluster(project, tmp_path):
+    pytest.importorskip("ray")
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    import tempfile
+
+    ray_bin = Path(sys.executable).with_name("ray")
+    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    env = project.env(RAY_USAGE_STATS_ENABLED="0")
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", "--num-cpus", "2", "--node-ip-address", "127.0.0.1",
+         "--port", str(port), "--include-dashboard", "false", "--temp-dir", ray_tmp],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        text = (project.root / "recipes" / "demo.yaml").read_text()
+        project.set_recipe(text.replace("train: {method: sft-lora}",
+                                        "train: {method: sft-lora, resources: {num_cpus: 2}}"))
+        status = [str(ray_bin), "status", "--address", f"127.0.0.1:{port}"]
+        deadline = time.time() + 90
+        while subprocess.run(status, env=env, capture_output=True).returncode != 0:  # the head takes a while
+            assert time.time() < deadline and head.poll() is None, "the Ray head did not start"
+            time.sleep(2)
+        r = project.doit("recipe:demo", check=False, FACTORY_EXECUTOR="ray",
+                         FACTORY_RAY_ADDRESS=f"127.0.0.1:{port}", RAY_USAGE_STATS_ENABLED="0")
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        mans = {m["stage"]: m for m in _manifests(project.root).values()}
+        on_ray = sorted(s for s, m in mans.items() if "ray_pid" in m.get("facts", {}))
+        assert on_ray == ["base", "eval-baseline", "eval-candidate", "train"]
+        assert "ray_pid" not in mans["dataset"].get("facts", {})  # light stages stay in the doit process
+        assert _decision(project) == "ship"
+    finally:
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGTERM)
+            head.wait(60)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
