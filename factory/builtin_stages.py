@@ -28,10 +28,39 @@ def build_eval(ctx: BuildContext) -> None:
     run(ctx)
 
 
+def stop_in(ctx: BuildContext) -> dict | None:
+    """The stop record an upstream check left in one of this stage's inputs, if any."""
+    import json
+    from pathlib import Path
+
+    for path in ctx.inputs.values():
+        f = Path(path) / "stop.json"
+        if Path(path).is_dir() and f.is_file():
+            return json.loads(f.read_text())
+    return None
+
+
 def build_decide(ctx: BuildContext) -> None:
+    stop = stop_in(ctx)
+    if stop is not None:  # a check upstream failed: the decision is that check's, with its own numbers
+        from factory.records import Decision, write_record
+
+        v = stop["verdict"]
+        decision = Decision(decision=v.get("decision") if v.get("decision") in ("rework", "blocked") else "rework",
+                            reason=v.get("reason") or f"{stop['stopped_by']} did not pass",
+                            next_action=v.get("next_action"), blocked_by=list(v.get("blocked_by") or [stop["stopped_by"]]))
+        write_record(ctx.out / "decision.json", decision)
+        ctx.log(f"decide: {decision.decision}: {decision.reason}")
+        return
     from factory.gate import build_decision
 
     build_decision(ctx)
+
+
+def build_promote(ctx: BuildContext) -> None:
+    from factory.promote import build_promote as run
+
+    run(ctx)
 
 
 def build_report(ctx: BuildContext) -> None:
@@ -57,9 +86,11 @@ def register_stage_kinds(register):
     register(StageKind("eval", build_eval, code_version="1", modules=("factory.evaluate",),
                        description="run every eval suite on one model"))
     register(StageKind("decide", build_decide, code_version="1", modules=("factory.gate", "factory.stats"),
-                       description="judge the candidate against the baseline and the criteria"))
+                       description="judge the candidate against the baseline and the criteria", handles_stop=True))
     register(StageKind("report", build_report, code_version="1",
                        modules=("factory.report", "factory.gate", "factory.stats"),
-                       description="write report.md and report.html"))
+                       description="write report.md and report.html", handles_stop=True))
+    register(StageKind("promote", build_promote, code_version="1", modules=("factory.promote", "factory.evaluate"),
+                       description="check a training step's checkpoint against its promotion criteria"))
     register(StageKind("package", build_package, code_version="1", modules=("factory.specialists",),
                        description="write artifact.json and the packaged specialist"))

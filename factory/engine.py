@@ -53,16 +53,16 @@ class Session:
             self._settings = settings(self.root)
         return self._settings
 
-    def _build(self, recipe: str, ctx: BuildContext) -> None:
+    def _build(self, recipe: str, ctx: BuildContext, kind: Any) -> None:
         """Run a stage's build here, or as a Ray task where the project says so (factory.executor)."""
         from factory import executor
 
         if executor.wanted(self.settings(), ctx.kind):
             ctx.facts.update(executor.build_on_cluster(
                 self.settings(), str(self.root), recipe, ctx.stage, str(ctx.out), str(ctx.work),
-                executor.resources(ctx.recipe, ctx.kind)))
+                executor.resources(ctx.recipe, ctx.kind, ctx.stage)))
         else:
-            self.regs.stages.get(ctx.kind).build(ctx)
+            kind.build(ctx)
 
     def remote(self):
         """The project's remote cache (factory.remote.Remote), or None; settings are read once, fsspec later."""
@@ -93,6 +93,10 @@ class Session:
         return self.store.root / "events" / f"{inv}.jsonl"
 
     def record(self, **event: Any) -> None:
+        if event.get("recipe") in self.plans and event.get("stage"):
+            step = self.plans[event["recipe"]].stages[event["stage"]].step
+            if step is not None and self.plans[event["recipe"]].recipe.multi_step:
+                event.setdefault("step", step)
         p = self.events_path()
         p.parent.mkdir(parents=True, exist_ok=True)
         event.setdefault("host", socket.gethostname())
@@ -147,6 +151,20 @@ class Session:
                             seconds=round(time.perf_counter() - t0, 4), recipe=recipe, source=remote.name)
                 return "restored"
             out = self.store.new_build_dir()
+            kind = self.regs.stages.get(st.kind)
+            stop = plan.stop_of(stage)
+            if stop is not None and not kind.handles_stop:
+                # An upstream check failed: nothing is built or trained; the stop record takes its place.
+                (out / "stop.json").write_text(json.dumps(stop, indent=2, sort_keys=True) + "\n")
+                self.store.publish(key, out, {"stage": stage, "kind": st.kind, "recipe": recipe,
+                                              "created": utc_now(), "seconds": 0.0, "stopped": True,
+                                              "material": plan.material(stage)})
+                self.record(stage=stage, kind=st.kind, key=key, status="stopped", start=start, end=utc_now(),
+                            seconds=round(time.perf_counter() - t0, 4), recipe=recipe,
+                            stopped_by=stop["stopped_by"])
+                print(f"[{stage}] not built: {stop['stopped_by']} did not pass "
+                      f"({stop['verdict'].get('reason', '')})", flush=True)
+                return "stopped"
             ctx = BuildContext(
                 recipe=plan.recipe, stage=stage, kind=st.kind, key=key, config=plan.config(stage),
                 inputs=plan.input_paths(stage), out=out, root=self.root, registry=self.regs,
@@ -155,7 +173,7 @@ class Session:
                 extra={"family": plan.family, "session": self},
             )
             try:
-                self._build(recipe, ctx)
+                self._build(recipe, ctx, kind)
             except BaseException as e:  # noqa: BLE001 - recorded, then re-raised
                 shutil.rmtree(out, ignore_errors=True)
                 err = str(e) if isinstance(e, FactoryError) else f"{type(e).__name__}: {e}"

@@ -35,10 +35,12 @@ def wanted(settings: dict[str, Any], kind: str) -> bool:
     return executor == "ray" and kind in HEAVY_KINDS
 
 
-def resources(recipe: Any, kind: str) -> dict[str, float]:
+def resources(recipe: Any, kind: str, stage: str = "") -> dict[str, float]:
     spec = None
     if kind == "train":
-        spec = recipe.train.resources
+        steps = recipe.steps()  # one train section, or a list of steps whose stages are train-<name>
+        step = next((st for st in steps if f"train-{getattr(st, 'name', '')}" == stage), steps[-1])
+        spec = step.resources
     elif kind == "eval":
         spec = recipe.evals.resources
     if spec is None:

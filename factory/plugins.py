@@ -23,8 +23,10 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "factory.builtin_stages",
     "factory_plugins.datasets",
     "factory_plugins.breadth",
+    "factory_plugins.preferences",
     "factory_plugins.tiny",
     "factory_plugins.hf",
+    "factory_plugins.merge",
     "factory_plugins.evals",
 )
 

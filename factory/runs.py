@@ -109,9 +109,9 @@ def _config_record(session, recipe: str, keys: dict[str, str]):
         goal=r.goal,
         owner=r.owner,
         base=BaseModelInfo(family=r.base.family, model=r.base.model, digest=base_digest),
-        method=r.train.method,
+        method=r.steps()[-1].method,
         data=plan.config("dataset"),
-        train=plan.config("train"),
+        train=plan.config(plan.final_train),
         evals={"primary": r.evals.primary, "regression": r.evals.regression, "extra": r.evals.extra,
                **plan.config("eval-candidate")["settings"]},
         criteria=r.criteria.model_dump(mode="json"),
@@ -179,9 +179,20 @@ def finish_run(session, recipe: str) -> Path:
     try:
         plan = session.plan(recipe)
         for name, key in keys.items():
-            if not plan.stages[name].run_files:
+            st = plan.stages[name]
+            man = session.store.manifest(key)
+            if man.get("stopped"):  # not built: an upstream check failed; its stop record says which
+                link_outputs(session.store, man, staging / "stopped", only={"stop.json"}, copy=True)
+                os.replace(staging / "stopped" / "stop.json", staging / "stopped" / f"{name}.json")
                 continue
-            link_outputs(session.store, session.store.manifest(key), staging, copy=True)
+            if not st.run_files:
+                continue
+            link_outputs(session.store, man, staging / st.run_prefix, copy=True)
+            if name == plan.final_train and st.run_prefix:  # the candidate is the last step's
+                link_outputs(session.store, man, staging, copy=True)
+        if plan.recipe.multi_step or any(plan.stages[n].kind == "promote" for n in keys):
+            (staging / "training_plan.json").write_text(
+                json.dumps(training_plan(session, plan, keys), indent=2, sort_keys=True) + "\n")
         config = _config_record(session, recipe, keys)
         (staging / "config.json").write_text(dump_record(config))
         if plan.recipe.path and Path(plan.recipe.path).is_file():  # the recipe as built: `factory reproduce` reads it
@@ -189,13 +200,16 @@ def finish_run(session, recipe: str) -> Path:
         _append_events(staging, events)
         files = {p.relative_to(staging).as_posix(): hashing.hash_file(p) for p in hashing.tree_files(staging)
                  if p.name != "events.jsonl"}
-        train_cfg = plan.config("train")
+        train_cfg = plan.config(plan.final_train)
         manifest = RunManifest(
             run_id=run_id, recipe=recipe,
             recipe_path=os.path.relpath(plan.recipe.path, session.root) if plan.recipe.path else "",
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             git=_git(session.root), versions=_versions(), device=train_cfg.get("device"),
-            seeds={"train": int(plan.recipe.train.seed), **config.seeds}, stage_keys=keys, files=files,
+            seeds={"train": int(plan.recipe.steps()[-1].seed),
+                   **{f"train.{st.name}": int(st.seed) for st in plan.recipe.steps() if plan.recipe.multi_step},
+                   **config.seeds},
+            stage_keys=keys, files=files,
         )
         (staging / "run_manifest.json").write_text(dump_record(manifest))
         dest = runs_dir / run_id
@@ -207,6 +221,37 @@ def finish_run(session, recipe: str) -> Path:
         raise
     _after_run(session, recipe, dest, keys)
     return dest
+
+
+def training_plan(session, plan, keys: dict[str, str]) -> dict[str, Any]:
+    """training_plan.json: the steps in order, their methods, data digests and settings as resolved,
+    whether each was trained or stopped, and each promotion check's verdict."""
+    steps = []
+    for name, st in plan.stages.items():
+        if st.kind != "train":
+            continue
+        step = plan.steps[name]
+        man = session.store.manifest(keys[name]) or {}
+        material = man.get("material") or {}
+        entry: dict[str, Any] = {
+            "name": step.name, "stage": name, "key": keys[name], "method": step.method, "data": step.data,
+            "data_digest": (material.get("inputs") or {}).get("train"),
+            "starts_from": st.inputs["init"].stage if "init" in st.inputs else "base",
+            "settings": plan.config(name), "status": "stopped" if man.get("stopped") else "trained",
+            "promote": None,
+        }
+        pname = f"promote-{step.name}"
+        if pname in plan.stages:
+            pman = session.store.manifest(keys[pname]) or {}
+            verdict = None
+            if not pman.get("stopped") and "verdict.json" in (pman.get("outputs") or {}):
+                verdict = json.loads(session.store.file(keys[pname], "verdict.json").read_text())
+            entry["promote"] = {"stage": pname, "criteria": dict(step.promote),
+                                "passed": None if verdict is None else bool(verdict.get("pass")),
+                                "reason": None if verdict is None else verdict.get("reason"),
+                                "checks": [] if verdict is None else verdict.get("checks", [])}
+        steps.append(entry)
+    return {"schema_version": "1.0", "recipe": plan.recipe.name, "final": plan.final_train, "steps": steps}
 
 
 def _append_events(run_dir: Path, events: list[dict[str, Any]]) -> None:

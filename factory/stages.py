@@ -27,6 +27,13 @@ class StageKind:
     code_version: str | None = None  # an explicit pin; otherwise the AST digest of build's module
     description: str = ""
     modules: tuple[str, ...] = ()  # further modules whose code decides the output (AST digests join the key)
+    # A kind a recipe can place (`stages:` in the recipe): the pydantic model of its options
+    # (extra="forbid"), checked at plan time, and the input names its build reads.
+    options: Any = None
+    inputs: tuple[str, ...] = ()
+    # Whether build runs when an upstream stage was stopped by a failed guard (the gate, the report);
+    # otherwise the engine publishes a stop.json in its place and nothing is built or trained.
+    handles_stop: bool = False
 
 
 @dataclass
@@ -71,9 +78,14 @@ class Stage:
     code: dict[str, Any]
     run_files: bool = True  # materialize outputs into the run directory
     doc: str = ""
+    # Stages whose verdict.json must pass before this one builds. A passing guard is not part of
+    # the key (a threshold that still passes rebuilds nothing); a failing one stops this stage.
+    guards: list[str] = field(default_factory=list)
+    run_prefix: str = ""  # where its files land in the run directory ("steps/<name>/", ...)
+    step: str | None = None  # the training step a train or promote stage belongs to
 
     def upstream(self) -> list[str]:
-        return sorted({i.stage for i in self.inputs.values() if i.stage})
+        return sorted({i.stage for i in self.inputs.values() if i.stage} | set(self.guards))
 
 
 _code_cache: dict[str, str] = {}

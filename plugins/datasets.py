@@ -38,7 +38,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from factory import hashing
 from factory.errors import FactoryError
@@ -86,12 +86,9 @@ class DatasetConfig(BaseModel):
 
 def check_config(config: dict[str, Any], where: str = "data") -> DatasetConfig:
     """Validate a dataset stage config; errors name the field under `where` (e.g. 'recipes/x.yaml: data')."""
-    try:
-        cfg = DatasetConfig.model_validate(config)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise FactoryError(f"{where}.{loc}: {first['msg']}") from None
+    from factory import options
+
+    cfg = options.validate(DatasetConfig, config, where)
     if cfg.contract == "json-action" and not cfg.options.actions:
         raise FactoryError(
             f"{where}.options.actions: the json-action contract needs the known actions "
@@ -151,7 +148,7 @@ def to_row(raw: dict[str, Any], cfg: DatasetConfig, fallback_id: str) -> tuple[d
     if "_invalid" in raw:
         return None, "malformed"
     prompt = raw.get("prompt", raw.get("request"))
-    answer = raw.get("answer", raw.get("action"))
+    answer = raw.get("answer", raw.get("chosen", raw.get("action")))
     if not isinstance(prompt, str) or answer is None:
         return None, "malformed"
     if not prompt.strip() or (isinstance(answer, str) and not answer.strip()):
@@ -170,6 +167,19 @@ def to_row(raw: dict[str, Any], cfg: DatasetConfig, fallback_id: str) -> tuple[d
         if isinstance(raw.get("skill"), str):
             row["skill"] = raw["skill"]
         check_text += row["answer"]
+    if "rejected" in raw:  # a preference pair: {prompt, chosen, rejected}
+        rejected = raw["rejected"]
+        if rejected is None or (isinstance(rejected, str) and not rejected.strip()):
+            return None, "empty"
+        if not isinstance(rejected, str):
+            rejected = canonical_action(rejected) if isinstance(rejected, dict) else json.dumps(rejected)
+        elif cfg.contract == "json-action":
+            parsed, _ = check_action(rejected, cfg.options.actions or {})
+            rejected = canonical_action(parsed) if parsed is not None else rejected
+        if rejected == row["answer"]:
+            return None, "same_pair"
+        row["rejected"] = rejected
+        check_text += rejected
     if isinstance(raw.get("meta"), dict):
         row["meta"] = raw["meta"]
     if cfg.options.ascii_only and not check_text.isascii():
@@ -197,7 +207,7 @@ class Prepared:
         self.source_rows: list[int] = []
 
     def drop(self, reason: str, row_id: str) -> None:
-        self.dropped[reason] += 1
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1  # same_pair only where pairs are read
         examples = self.dropped_examples.setdefault(reason, [])
         if len(examples) < 5:
             examples.append(row_id)
@@ -361,7 +371,48 @@ def build_dataset(ctx: Any) -> None:
 # --- the jsonl source ----------------------------------------------------------
 
 class JsonlOptions(BaseModel):
+    """Options of a `jsonl` source (recipe: <section>.sources[i].options); `split` is the dataset stage's."""
+
     model_config = ConfigDict(extra="forbid")
+
+
+MAX_LINE_BYTES = 1 << 20  # one row of a task's data is a few hundred bytes; a 1 MiB line is not a row
+
+
+def check_jsonl(path: Path, min_rows: int = 2) -> int:
+    """Cheap plan-time checks of a JSON-lines file: UTF-8, no giant line, enough JSON objects.
+
+    A few malformed lines among good ones are the dataset stage's business (counted drops); a file
+    that is empty, not UTF-8, not JSON lines at all, or has fewer than `min_rows` rows is an error
+    now, naming the file and the line. Returns the number of JSON-object lines.
+    """
+    rows, bad_first = 0, None
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if len(line) > MAX_LINE_BYTES:
+                raise FactoryError(f"{path.name}: line {n} is {len(line):,} bytes; rows are at most {MAX_LINE_BYTES:,}")
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise FactoryError(f"{path.name}: line {n}: not UTF-8 (byte {e.start})") from None
+            if not text.strip():
+                continue
+            try:
+                ok = isinstance(json.loads(text), dict)
+            except ValueError:
+                ok = False
+            if ok:
+                rows += 1
+            elif bad_first is None:
+                bad_first = n
+    if rows == 0 and bad_first is None:
+        raise FactoryError(f"{path.name}: empty; a jsonl source needs one JSON object per line")
+    if rows == 0:
+        raise FactoryError(f"{path.name}: line {bad_first}: not a JSON object, and no line is; "
+                           "a jsonl source needs one JSON object per line")
+    if rows < min_rows:
+        raise FactoryError(f"{path.name}: {rows} row; a train/held-out split needs at least {min_rows}")
+    return rows
 
 
 class JsonlSource:
@@ -369,15 +420,25 @@ class JsonlSource:
 
     name = "jsonl"
     version = "1.0"
+    Options = JsonlOptions
+
+    def check(self, spec: dict[str, Any], root: Path) -> None:
+        """Plan-time checks of the file (see check_jsonl); a source pinned to one split may hold one row."""
+        from factory import hashing
+
+        path = self._path(spec, root)
+        pinned = bool((spec.get("options") or {}).get("split"))
+        hashing.stat_cache().derived(f"jsonl-check-{int(pinned)}", str(path),
+                                     lambda p: str(check_jsonl(Path(p), 1 if pinned else 2)))
 
     def _path(self, spec: dict[str, Any], root: Path) -> Path:
         if not spec.get("path"):
             raise FactoryError("data.sources: the jsonl source needs a path")
-        try:
-            JsonlOptions.model_validate(spec.get("options") or {})
-        except ValidationError as e:
-            first = e.errors()[0]
-            raise FactoryError(f"{spec['path']}: options.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        from factory import options
+
+        # split is the dataset stage's option; the plan checks the rest against JsonlOptions
+        options.validate(JsonlOptions, {k: v for k, v in (spec.get("options") or {}).items() if k != "split"},
+                         f"{spec['path']}: options")
         path = Path(root) / spec["path"]
         if not path.is_file():
             raise FactoryError(f"{spec['path']}: no such file")
@@ -416,6 +477,7 @@ def register_stage_kinds(register):
         StageKind(
             name="dataset",
             build=build_dataset,
+            options=DatasetConfig,  # the recipe's data sections, checked at plan time
             description="validate, dedup and split rows from dataset sources into train.jsonl and heldout.jsonl",
         )
     )

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from factory.errors import FactoryError
 from factory.hookspecs import hookimpl
@@ -27,7 +27,7 @@ from factory.interfaces import LoadedModel, TrainDefaultsContext
 
 __version__ = "1.0"
 
-METHODS = ("sft-lora",)
+METHODS = ("sft-lora", "dpo-lora")
 PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 
 
@@ -48,15 +48,9 @@ class HFBaseOptions(BaseModel):
 
 
 def parse_options(options: dict[str, Any] | None) -> HFBaseOptions:
-    try:
-        opts = HFBaseOptions.model_validate(options or {})
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        msg = first["msg"]
-        if first["type"] == "extra_forbidden":
-            msg = f"unknown option; the hf family knows: {', '.join(HFBaseOptions.model_fields)}"
-        raise FactoryError(f"base.options.{loc}: {msg}") from None
+    from factory import options as opt
+
+    opts = opt.validate(HFBaseOptions, options, "base.options")
     if "{prompt}" not in opts.template:
         raise FactoryError("base.options.template: must contain {prompt}")
     return opts
@@ -130,6 +124,10 @@ class HFFamily:
             raise self._unknown_method(ctx.method)
         gpu = ctx.device.startswith("cuda")
         batch = 16 if gpu else 8
+        if ctx.method == "dpo-lora":
+            steps = max(50, min(1000, -(-max(ctx.train_rows, 1) // batch)))  # one pass over the pairs
+            return {"steps": steps, "lr": 5e-5, "batch_size": batch, "micro_batch_size": 4 if gpu else 2,
+                    "beta": 0.1, "warmup_steps": max(1, steps // 20), "max_len": 1024}
         # About two epochs, bounded: small sets still get enough updates, big ones do not run for days.
         steps = max(100, min(2000, -(-2 * max(ctx.train_rows, 1) // batch)))
         return {
@@ -147,9 +145,25 @@ class HFFamily:
         if method not in METHODS:
             raise self._unknown_method(method)
 
+        if method == "dpo-lora":
+            from factory.ml.dpo import trainer_for as dpo_trainer
+
+            return dpo_trainer(self)
         from factory.ml.sft import trainer_for  # the engine's shared LoRA trainer (no torch at import)
 
         return trainer_for(self)
+
+    def train_options(self, method: str) -> Any:
+        """The pydantic model of a method's settings (checked at plan time)."""
+        if method not in METHODS:
+            raise self._unknown_method(method)
+        if method == "dpo-lora":
+            from factory.ml.dpo import DPOParams
+
+            return DPOParams
+        from factory.ml.sft import SFTParams
+
+        return SFTParams
 
     def load(self, base_dir: Path, adapter_dir: Path | None, settings: dict[str, Any]) -> LoadedModel:
         _offline()

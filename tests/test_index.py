@@ -151,7 +151,7 @@ def test_appended_events_are_taken_in(project):
     run = _complete(runs_dir)[7]
     before = q(runs_dir, "SELECT count(*) FROM stages WHERE run_id = ?", [run.name])[0][0]
     line = json.loads((run / "events.jsonl").read_text().splitlines()[0])
-    line["status"] = "restored"
+    line["status"] = "stopped"
     with open(run / "events.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")
     assert index.refresh(runs_dir)["changed"] == 1

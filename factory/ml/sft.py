@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from factory.errors import FactoryError
 from factory.records import read_rows
@@ -95,16 +95,9 @@ class SFTParams(BaseModel):
 
 
 def parse_params(config: dict[str, Any]) -> SFTParams:
-    try:
-        return SFTParams.model_validate(config)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        msg = first["msg"]
-        if first["type"] == "extra_forbidden":
-            known = LoraParams.model_fields if loc.startswith("lora.") else SFTParams.model_fields
-            msg = f"unknown option; the sft-lora trainer knows: {', '.join(known)}"
-        raise FactoryError(f"train.{loc}: {msg}") from None
+    from factory import options
+
+    return options.validate(SFTParams, config, "train")
 
 
 # --- data ----------------------------------------------------------------------
@@ -391,10 +384,16 @@ def trainer_for(family: Any) -> Any:
         lm = None
         if int(ctx.config.get("processes", 1)) <= 1:
             device = str(ctx.config.get("device") or "auto")
-            lm = family.load(Path(ctx.inputs["base"]), None, {"device": device, "train": True})
+            lm = family.load(Path(ctx.inputs["base"]), init_adapter(ctx), {"device": device, "train": True})
         train_sft_lora(ctx, lm)
 
     return train_sft_lora_stage
+
+
+def init_adapter(ctx: Any) -> Path | None:
+    """The adapter a later training step continues: the previous step's (input `init`), or None."""
+    init = ctx.inputs.get("init")
+    return Path(init) / "adapter" if init is not None else None
 
 
 def train_sft_lora(ctx: Any, lm: Any) -> None:

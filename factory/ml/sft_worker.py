@@ -41,7 +41,9 @@ def main(argv: list[str]) -> int:
         else:
             from factory.plugins import registries
 
-            lm = registries().families.get(spec["family"]).load(base, None, settings)
+            from factory.ml.sft import init_adapter
+
+            lm = registries().families.get(spec["family"]).load(base, init_adapter(ctx), settings)
         train_sft_lora(ctx, lm)
     except FactoryError as e:
         print(f"error: {e}", file=sys.stderr)

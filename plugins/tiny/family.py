@@ -30,7 +30,7 @@ from factory_plugins.tiny.base import (  # noqa: F401 (re-exported: the family's
 __version__ = "1.0"
 
 MODELS = ("tiny-llama",)
-METHODS = ("sft-lora",)
+METHODS = ("sft-lora", "dpo-lora")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Modules whose code decides what the built base is; their AST digests go into the base config,
 # so editing the pretraining code rebuilds the base while editing a comment (or this module's
@@ -51,6 +51,7 @@ class TinyFamily:
     name = "tiny"
     version = __version__
     template = TEMPLATE
+    base_modules = CODE_MODULES  # what builds the base; the rest of this module is not in its key
 
     def resolve_base(self, spec: dict[str, Any], root: Path) -> dict[str, Any]:
         model = spec.get("model") or MODELS[0]
@@ -71,9 +72,28 @@ class TinyFamily:
 
         build_base(ctx)
 
+    def train_options(self, method: str) -> Any:
+        """The pydantic model of a method's settings (checked at plan time)."""
+        if method not in METHODS:
+            raise self._unknown_method(method)
+        if method == "dpo-lora":
+            from factory.ml.dpo import DPOParams
+
+            return DPOParams
+        from factory.ml.sft import SFTParams
+
+        return SFTParams
+
     def default_train_params(self, ctx: TrainDefaultsContext) -> dict[str, Any]:
         if ctx.method not in METHODS:
             raise self._unknown_method(ctx.method)
+        if ctx.method == "dpo-lora":
+            # Preference pairs teach the near misses (wrong day, time, action) apart; a few passes
+            # at a small learning rate move the policy without forgetting what SFT taught.
+            batch = int(ctx.intent.get("batch_size", 16))
+            steps = min(600, max(100, 50 * round(3 * ctx.train_rows / batch / 50)))
+            return {"steps": steps, "lr": 2e-4, "batch_size": batch, "beta": 0.1, "seed": 0,
+                    "warmup_steps": 10, "max_len": 160, "precision": "bf16" if native_bf16() else "fp32"}
         # Eleven passes over the task rows, whatever share of each batch the recipe gives to replayed
         # breadth rows (half by default). Measured on the planner with the bf16 base (81% breadth):
         # a quarter of replay over 750 steps (6.5 passes) reached 97.6% with breadth 3.3 points
@@ -99,6 +119,10 @@ class TinyFamily:
         if method not in METHODS:
             raise self._unknown_method(method)
 
+        if method == "dpo-lora":
+            from factory.ml.dpo import trainer_for as dpo_trainer
+
+            return dpo_trainer(self)
         from factory.ml.sft import trainer_for  # the engine's shared LoRA trainer (no torch at import)
 
         return trainer_for(self)
