@@ -255,7 +255,7 @@ class Event(BaseModel):
     stage: str
     kind: str
     key: str
-    status: Literal["hit", "built", "stopped", "failed"]
+    status: Literal["hit", "built", "restored", "stopped", "failed"]
     start: str
     end: str
     seconds: float
