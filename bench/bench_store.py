@@ -5,7 +5,7 @@
 1. Pull vs build: a second clone of a project whose stages another clone already pushed to a
    remote (a local directory) builds nothing and downloads everything; its `doit recipe:<name>`
    is timed against the first clone's full build. Default: the cheap `tiny-smoke`-sized recipe
-   below (a tiny base of 300 steps, 40 LoRA steps) so the bench runs in about a minute on 2 cores;
+   below (a tiny base of 80 steps, 20 LoRA steps, 16 eval rows) so the bench runs in minutes on 2 cores;
    --flagship times recipes/pace-planner.yaml instead (five minutes or more to build).
 2. No-op with a remote configured vs bare doit of as many file tasks (target <= 1.5x): the no-op
    path never reads the remote setting's URL, let alone the network.
@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 CHEAP = """# Build: doit recipe:cheap
 goal: "bench: a cheap recipe for pull vs build"
-base: {family: tiny, model: tiny-llama, options: {steps: 300, eval_rows: 16}}
+base: {family: tiny, model: tiny-llama, options: {steps: 80, eval_rows: 8}}
 data:
   sources: [{kind: jsonl, path: pace-planner/traces.jsonl, options: {}}]
   contract: json-action
@@ -38,8 +38,8 @@ data:
     max_chars: 256
     actions: {create: [item, day, time], reschedule: [item, day, "time?"], cancel: [item, day], list: [day],
               remind: [item, minutes_before], plan_week: [goal, sessions], log: [item, distance_km]}
-train: {method: sft-lora, replay: 0.35, steps: 40}
-evals: {primary: json-action, regression: [breadth], limit: 32}
+train: {method: sft-lora, replay: 0.35, steps: 20}
+evals: {primary: json-action, regression: [breadth], limit: 16}
 criteria: {primary_min: 0.0}
 package: false
 """
