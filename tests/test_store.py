@@ -395,3 +395,19 @@ def test_heavy_stages_run_as_ray_tasks_on_a_local_cluster(project, tmp_path):
             os.killpg(head.pid, signal.SIGTERM)
             head.wait(60)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_the_no_op_with_a_remote_configured_imports_no_fsspec(project, tmp_path):
+    (project.root / "factory.toml").write_text(f'remote = "file://{tmp_path / "remote"}"\n')
+    project.doit("recipe:demo")
+    r = subprocess_importtime(project)
+    assert r.returncode == 0 and "fsspec" not in r.stderr and "factory.remote" not in r.stderr
+    assert "import time:" in r.stderr  # the trace itself was taken
+
+
+def subprocess_importtime(project):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-X", "importtime", "-m", "doit", "recipe:demo"], cwd=project.root,
+                          env=project.env(), capture_output=True, text=True, timeout=120)
