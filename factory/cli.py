@@ -43,25 +43,22 @@ def cmd_why(args) -> int:
     return 0
 
 
-def cmd_gc(args) -> int:
-    from factory.engine import Session
+def cmd_cache(args) -> int:
+    from factory.cachecmd import main_args
 
-    s = Session(_root())
-    keep: set[str] = set()
-    runs = s.root / "runs"
-    if runs.is_dir():
-        import json
+    return main_args(args)
 
-        for m in runs.glob("*/run_manifest.json"):
-            try:
-                keep.update(json.loads(m.read_text()).get("files", {}).values())
-            except (OSError, ValueError):
-                continue
-    removed = s.store.gc(keep_digests=keep, dry_run=args.dry_run)
-    verb = "would remove" if args.dry_run else "removed"
-    print(f"{verb}: {removed['tmp']} temporary build dirs, {removed['objects']} objects "
-          f"({removed['bytes'] / 1e6:.1f} MB), {removed['trees']} stale trees")
-    return 0
+
+def cmd_pin(args) -> int:
+    from factory.cachecmd import cli_pin
+
+    return cli_pin(_root(), args.run, remove=args.remove)
+
+
+def cmd_reproduce(args) -> int:
+    from factory.reproduce import cli_reproduce
+
+    return cli_reproduce(_root(), args.run, keep=args.keep)
 
 
 def cmd_check(args) -> int:
@@ -169,9 +166,27 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_check)
     cache = sub.add_parser("cache", help="manage the content-addressed store")
     csub = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
-    s = csub.add_parser("gc", help="remove build litter and objects nothing references")
+    s = csub.add_parser("gc", help="remove build litter and unreferenced objects; evict old stages by last use")
     s.add_argument("--dry-run", action="store_true")
-    s.set_defaults(fn=cmd_gc)
+    s.add_argument("--older-than", metavar="AGE", help="evict stages unused for longer (30d, 12h)")
+    s.add_argument("--max-size", metavar="SIZE", help="evict least recently used stages until the store fits (20G)")
+    s.set_defaults(fn=cmd_cache)
+    s = csub.add_parser("verify", help="re-hash every object; remove damaged ones and the stages that need them")
+    s.add_argument("--dry-run", action="store_true", help="report only")
+    s.set_defaults(fn=cmd_cache)
+    for action, text in (("push", "upload stages to the remote cache"), ("pull", "download stages from it"),
+                         ("status", "which stages are local, which remote")):
+        s = csub.add_parser(action, help=text + " (a recipe's stages, or all)")
+        s.add_argument("recipe", nargs="?")
+        s.set_defaults(fn=cmd_cache)
+    s = sub.add_parser("reproduce", help="rebuild a run from its directory in a clean store; compare every stage")
+    s.add_argument("run")
+    s.add_argument("--keep", action="store_true", help="keep the rebuilt project (its path is printed)")
+    s.set_defaults(fn=cmd_reproduce)
+    s = sub.add_parser("pin", help="keep a run's stage outputs through `factory cache gc`")
+    s.add_argument("run")
+    s.add_argument("--remove", action="store_true", help="unpin")
+    s.set_defaults(fn=cmd_pin)
     run = sub.add_parser("run", help="look at one run directory")
     run.add_argument("action", choices=["render", "validate"])
     run.add_argument("run", help="run directory, run id, or a unique part of one")

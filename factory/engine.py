@@ -43,6 +43,34 @@ class Session:
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
         self.store = Store(self.root / "cache")
+        self._remote: Any = False  # not looked up yet
+
+    def settings(self) -> dict[str, Any]:
+        """The project's [tool.factory] settings (remote, executor, ...), read once."""
+        if not hasattr(self, "_settings"):
+            from factory.remote import settings
+
+            self._settings = settings(self.root)
+        return self._settings
+
+    def _build(self, recipe: str, ctx: BuildContext, kind: Any) -> None:
+        """Run a stage's build here, or as a Ray task where the project says so (factory.executor)."""
+        from factory import executor
+
+        if executor.wanted(self.settings(), ctx.kind):
+            ctx.facts.update(executor.build_on_cluster(
+                self.settings(), str(self.root), recipe, ctx.stage, str(ctx.out), str(ctx.work),
+                executor.resources(ctx.recipe, ctx.kind, ctx.stage)))
+        else:
+            kind.build(ctx)
+
+    def remote(self):
+        """The project's remote cache (factory.remote.Remote), or None; settings are read once, fsspec later."""
+        if self._remote is False:
+            from factory.remote import from_settings
+
+            self._remote = from_settings(self.root)
+        return self._remote
 
     @property
     def regs(self):
@@ -109,13 +137,19 @@ class Session:
         st = plan.stages[stage]
         key = plan.key(stage)
         start, t0 = utc_now(), time.perf_counter()
-        with self.store.lock(key):
+        with self.store.shared(), self.store.lock(key):
             man = self.store.check(key)
             self._report_corruption()
             if man is not None:
+                self.store.touch_used(key)
                 self.record(stage=stage, kind=st.kind, key=key, status="hit", start=start, end=utc_now(),
                             seconds=round(time.perf_counter() - t0, 4), recipe=recipe)
                 return "hit"
+            remote = self.remote()
+            if remote is not None and remote.fetch(self.store, key, stage) is not None:
+                self.record(stage=stage, kind=st.kind, key=key, status="restored", start=start, end=utc_now(),
+                            seconds=round(time.perf_counter() - t0, 4), recipe=recipe, source=remote.name)
+                return "restored"
             out = self.store.new_build_dir()
             kind = self.regs.stages.get(st.kind)
             stop = plan.stop_of(stage)
@@ -139,7 +173,7 @@ class Session:
                 extra={"family": plan.family, "session": self},
             )
             try:
-                kind.build(ctx)
+                self._build(recipe, ctx, kind)
             except BaseException as e:  # noqa: BLE001 - recorded, then re-raised
                 shutil.rmtree(out, ignore_errors=True)
                 err = str(e) if isinstance(e, FactoryError) else f"{type(e).__name__}: {e}"
@@ -151,10 +185,12 @@ class Session:
             seconds = round(time.perf_counter() - t0, 4)
             self.store.publish(key, out, {"stage": stage, "kind": st.kind, "recipe": recipe,
                                           "created": utc_now(), "seconds": seconds,
-                                          "material": plan.material(stage)})
+                                          "material": plan.material(stage), "facts": ctx.facts})
             shutil.rmtree(self.store.work / key, ignore_errors=True)
+            if remote is not None:
+                remote.push(self.store, key)
             self.record(stage=stage, kind=st.kind, key=key, status="built", start=start, end=utc_now(),
-                        seconds=seconds, recipe=recipe)
+                        seconds=seconds, recipe=recipe, **({"facts": ctx.facts} if ctx.facts else {}))
             return "built"
 
     def build(self, recipe: str) -> Path:

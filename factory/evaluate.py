@@ -175,8 +175,10 @@ def build_eval(ctx: Any) -> None:
         model=ModelRef(base_digest=base_digest, adapter_digest=adapter_digest),
         heldout_digest=ctx.input_digests.get("heldout"),
         suites=results,
-        seconds=round(time.perf_counter() - t0, 3),
         settings=settings,
-        timings={"load": round(load_s, 3), **timings},
     )
+    # Timings differ on every execution: the stage manifest and events keep them, not the record.
+    facts = getattr(ctx, "facts", None)
+    if facts is not None:
+        facts.update({"seconds": round(time.perf_counter() - t0, 3), "timings": {"load": round(load_s, 3), **timings}})
     write_record(Path(ctx.out) / f"eval-{role}.json", record)

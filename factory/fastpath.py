@@ -1,7 +1,7 @@
 """The no-op fast path: prove a recipe unchanged from file stats alone.
 
 After a recipe's run is complete, every file its keys were computed from is
-recorded with its (inode, size, mtime_ns): the recipe, its data, the code
+recorded with its (inode, size, mtime_ns, ctime_ns): the recipe, its data, the code
 modules, the store manifests and objects, the run's records, and the
 site-packages directories (whose mtime moves when a package is installed or
 removed). The next `doit` compares those stats; if none moved, the recipe is
@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-VERSION = 1
+VERSION = 2
 
 # Paths whose bytes decided a key in this process (filled by factory.hashing and factory.store).
 TOUCHED: set[str] = set()
@@ -42,7 +42,8 @@ def _stat(path: str) -> list[int] | None:
         st = os.stat(path)
     except OSError:
         return None
-    return [st.st_ino, st.st_size, st.st_mtime_ns]
+    # ctime too: a write whose mtime was put back (bit rot, a careless tool) still moves it.
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def environment() -> dict[str, Any]:

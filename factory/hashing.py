@@ -1,8 +1,11 @@
 """Digests: xxh3-128 of bytes, files, trees and canonical JSON, with a persistent stat cache.
 
-A file's digest is remembered against its (inode, size, mtime_ns); a later
-check whose stat matches reuses it without reading the file, so `touch`ing a
-large input costs one re-hash, once, and nothing after. Large files are hashed
+A file's digest is remembered against its (inode, size, mtime_ns, ctime_ns); a
+later check whose stat matches reuses it without reading the file, so `touch`ing
+a large input costs one re-hash, once, and nothing after. ctime is kept as git's
+index keeps it: a write that puts the mtime back (what bit rot or a careless
+tool looks like) still moves the ctime, which no user call can set back, so the
+cache never vouches for bytes that may have changed. Large files are hashed
 through fixed-size mmap windows: fast (no copy, page-aligned) and in constant
 memory whatever the file's size.
 """
@@ -57,7 +60,7 @@ def hash_file(path: str | os.PathLike) -> str:
 
 
 class StatCache:
-    """path -> (inode, size, mtime_ns, digest), kept in one JSON file and saved atomically."""
+    """path -> (inode, size, mtime_ns, digest, hashed_at, ctime_ns), kept in one JSON file, saved atomically."""
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -75,11 +78,13 @@ class StatCache:
         note(p)
         st = os.stat(p)
         entry = self.entries.get(p)
-        if entry is not None:
-            ino, size, mtime, digest, hashed_at = entry
-            if (ino, size, mtime) == (st.st_ino, st.st_size, st.st_mtime_ns) and mtime < hashed_at - RACY_NS:
+        if entry is not None and len(entry) == 6:  # older 5-field entries lack ctime: hash again
+            ino, size, mtime, digest, hashed_at, ctime = entry
+            if (ino, size, mtime, ctime) == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) and (
+                mtime < hashed_at - RACY_NS and ctime < hashed_at - RACY_NS
+            ):
                 return digest
-        wait = st.st_mtime_ns + RACY_NS - time.time_ns()
+        wait = max(st.st_mtime_ns, st.st_ctime_ns) + RACY_NS - time.time_ns()
         if 0 < wait <= RACY_NS:
             # Written moments ago: a write in the same clock tick after we hash would keep this mtime,
             # so let the tick pass first; then the remembered digest can be trusted.
@@ -87,7 +92,7 @@ class StatCache:
         now = time.time_ns()
         digest = hash_file(p)
         self.hashed += 1
-        self.entries[p] = [st.st_ino, st.st_size, st.st_mtime_ns, digest, now]
+        self.entries[p] = [st.st_ino, st.st_size, st.st_mtime_ns, digest, now, st.st_ctime_ns]
         self.dirty = True
         return digest
 

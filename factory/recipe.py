@@ -57,6 +57,13 @@ def _default_breadth() -> DataSpec:
     return DataSpec(sources=[SourceSpec(kind="breadth-mix")], heldout_fraction=0.05)
 
 
+class Resources(Strict):
+    """What a heavy stage asks of the cluster when it runs as a Ray task; never part of a stage key."""
+
+    num_cpus: float = Field(1, gt=0, description="CPUs the task reserves")
+    num_gpus: float = Field(0, ge=0, description="GPUs the task reserves")
+
+
 class TrainSpec(Strict):
     method: str = Field("sft-lora", description="training method the family provides (sft-lora, dpo-lora, ...)")
     steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="optimizer steps; null: the family decides from the data size")
@@ -70,6 +77,7 @@ class TrainSpec(Strict):
         "auto", description="training precision; auto: the family's choice, else bf16 on CUDA that has it"
     )
     options: dict[str, Any] = Field(default_factory=dict, description="the method's own settings (checked by its options model): lora r/alpha/dropout/targets, max_len, beta, ...")
+    resources: Resources | None = Field(None, description="what the stage asks of a Ray cluster (executor: ray)")
 
 
 class TrainStep(TrainSpec):
@@ -115,6 +123,7 @@ class EvalSpec(Strict):
     batch_size: int = Field(64, gt=0, le=MAX_EVAL_BATCH, description="prompts per generation batch")
     max_new_tokens: int = Field(96, gt=0, le=MAX_NEW_TOKENS, description="generation length limit")
     limit: int | None = Field(None, gt=0, le=MAX_ROWS, description="score at most this many rows per suite")
+    resources: Resources | None = Field(None, description="what each eval stage asks of a Ray cluster (executor: ray)")
 
     def suites(self) -> list[str]:
         seen: list[str] = []
@@ -390,3 +399,4 @@ def reference_rows() -> list[tuple[str, str, str, str]]:
 
     walk(Recipe, "", set())
     return rows
+

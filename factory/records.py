@@ -70,6 +70,10 @@ class RunConfig(Record):
     evals: dict[str, Any] = Field(default_factory=dict)
     criteria: dict[str, Any] = Field(default_factory=dict)
     stage_keys: dict[str, str] = Field(default_factory=dict)
+    stages: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="every stage's resolved config (base options, breadth spec, ...)")
+    stage_outputs: dict[str, str] = Field(default_factory=dict, description="stage -> output digest")
+    seeds: dict[str, int] = Field(default_factory=dict, description="every seed, by where it sits: train.seed, ...")
 
 
 # --- dataset.json --------------------------------------------------------------
@@ -113,8 +117,8 @@ class TrainLogLine(BaseModel):
     step: int
     loss: float
     lr: float
-    tokens_per_s: float
-    elapsed_s: float
+    tokens_per_s: float | None = Field(None, description="older runs only: timings now live in the stage manifest")
+    elapsed_s: float | None = Field(None, description="older runs only: timings now live in the stage manifest")
     heldout_loss: float | None = None
 
 
@@ -125,8 +129,10 @@ class TrainSummary(Record):
     steps: int
     final_loss: float
     best_heldout_loss: float | None = None
-    seconds: float
-    tokens_per_s: float
+    # Older runs recorded these; an output holds content only, so timings now live in the stage
+    # manifest's facts and events.jsonl.
+    seconds: float | None = None
+    tokens_per_s: float | None = None
     device: str
     processes: int = 1
     threads: int | None = None
@@ -261,7 +267,7 @@ class Event(BaseModel):
     stage: str
     kind: str
     key: str
-    status: Literal["hit", "built", "stopped", "failed"]
+    status: Literal["hit", "built", "restored", "stopped", "failed"]
     start: str
     end: str
     seconds: float

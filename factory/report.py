@@ -331,8 +331,7 @@ def render_markdown(ev: Evidence) -> str:
     if t:
         rows = [["method", t.method], ["steps", t.steps], ["final loss", f"{t.final_loss:.4f}"],
                 ["best held-out loss", f"{t.best_heldout_loss:.4f}" if t.best_heldout_loss is not None else "–"],
-                ["time", f"{t.seconds:.1f} s"], ["tokens/s", f"{t.tokens_per_s:,.0f}"], ["device", t.device],
-                ["processes", t.processes]]
+                *_timing_rows(t), ["device", t.device], ["processes", t.processes]]
         if t.peak_vram_gb is not None:
             rows.append(["peak VRAM", f"{t.peak_vram_gb:.2f} GB"])
         for k in ("lr", "batch_size", "replay", "seed"):
@@ -564,7 +563,7 @@ def render_html(ev: Evidence) -> str:
         t = ev.train
         out.append(svg_loss(ev.log))
         trows = [["method", t.method], ["steps", t.steps], ["final loss", f"{t.final_loss:.4f}"],
-                 ["time", f"{t.seconds:.1f} s"], ["tokens/s", f"{t.tokens_per_s:,.0f}"], ["device", t.device]]
+                 *_timing_rows(t), ["device", t.device]]
         trows += [[k, t.params[k]] for k in ("lr", "batch_size", "replay", "seed") if k in t.params]
         out.append(_html_table(["", ""], trows))
     else:
@@ -608,3 +607,13 @@ def report_run(run_dir: Path) -> tuple[str, str]:
                   "primary": (raw.get("evals") or {}).get("primary")}
     ev = gather({k: run_dir for k in ("decide", "eval-baseline", "eval-candidate", "train", "dataset")}, config)
     return render_markdown(ev), render_html(ev)
+
+
+def _timing_rows(t) -> list[list[str]]:
+    """Time and throughput, for older runs whose train.json still held them (the report is content only)."""
+    rows = []
+    if t.seconds is not None:
+        rows.append(["time", f"{t.seconds:.1f} s"])
+    if t.tokens_per_s is not None:
+        rows.append(["tokens/s", f"{t.tokens_per_s:,.0f}"])
+    return rows

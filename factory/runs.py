@@ -116,7 +116,26 @@ def _config_record(session, recipe: str, keys: dict[str, str]):
                **plan.config("eval-candidate")["settings"]},
         criteria=r.criteria.model_dump(mode="json"),
         stage_keys=keys,
+        stages={name: plan.config(name) for name in keys},
+        stage_outputs={name: session.store.manifest(k)["output_digest"] for name, k in keys.items()},
+        seeds=all_seeds({name: plan.config(name) for name in keys}),
     )
+
+
+def all_seeds(obj: Any, where: str = "") -> dict[str, int]:
+    """Every integer under a key named seed (or *_seed), by its dotted path: config.json keeps them all."""
+    out: dict[str, int] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            path = f"{where}.{k}" if where else str(k)
+            if (k == "seed" or str(k).endswith("_seed")) and isinstance(v, int) and not isinstance(v, bool):
+                out[path] = v
+            else:
+                out.update(all_seeds(v, path))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out.update(all_seeds(v, f"{where}.{i}"))
+    return out
 
 
 def _events_for(session, recipe: str, keys: dict[str, str]) -> list[dict[str, Any]]:
@@ -163,18 +182,21 @@ def finish_run(session, recipe: str) -> Path:
             st = plan.stages[name]
             man = session.store.manifest(key)
             if man.get("stopped"):  # not built: an upstream check failed; its stop record says which
-                link_outputs(session.store, man, staging / "stopped", only={"stop.json"})
+                link_outputs(session.store, man, staging / "stopped", only={"stop.json"}, copy=True)
                 os.replace(staging / "stopped" / "stop.json", staging / "stopped" / f"{name}.json")
                 continue
             if not st.run_files:
                 continue
-            link_outputs(session.store, man, staging / st.run_prefix)
+            link_outputs(session.store, man, staging / st.run_prefix, copy=True)
             if name == plan.final_train and st.run_prefix:  # the candidate is the last step's
-                link_outputs(session.store, man, staging)
+                link_outputs(session.store, man, staging, copy=True)
         if plan.recipe.multi_step or any(plan.stages[n].kind == "promote" for n in keys):
             (staging / "training_plan.json").write_text(
                 json.dumps(training_plan(session, plan, keys), indent=2, sort_keys=True) + "\n")
-        (staging / "config.json").write_text(dump_record(_config_record(session, recipe, keys)))
+        config = _config_record(session, recipe, keys)
+        (staging / "config.json").write_text(dump_record(config))
+        if plan.recipe.path and Path(plan.recipe.path).is_file():  # the recipe as built: `factory reproduce` reads it
+            shutil.copyfile(plan.recipe.path, staging / "recipe.yaml")
         _append_events(staging, events)
         files = {p.relative_to(staging).as_posix(): hashing.hash_file(p) for p in hashing.tree_files(staging)
                  if p.name != "events.jsonl"}
@@ -185,7 +207,8 @@ def finish_run(session, recipe: str) -> Path:
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             git=_git(session.root), versions=_versions(), device=train_cfg.get("device"),
             seeds={"train": int(plan.recipe.steps()[-1].seed),
-                   **{f"train.{st.name}": int(st.seed) for st in plan.recipe.steps() if plan.recipe.multi_step}},
+                   **{f"train.{st.name}": int(st.seed) for st in plan.recipe.steps() if plan.recipe.multi_step},
+                   **config.seeds},
             stage_keys=keys, files=files,
         )
         (staging / "run_manifest.json").write_text(dump_record(manifest))

@@ -53,6 +53,9 @@ class BuildContext:
     input_digests: dict[str, str] = field(default_factory=dict)  # input name -> digest (base digest, ...)
     log: Callable[[str], None] = print
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. "family": the ModelFamily object
+    # Measurements of this execution (seconds, tokens/s, peak memory): they go to the stage manifest and
+    # events.jsonl, never into `out`, whose bytes must be a function of the inputs alone.
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -276,8 +276,10 @@ def cli_render(run_dir: str) -> int:
     if ev.train is not None:
         tr = ev.train
         console.print(
-            f"training: {tr.method}, {tr.steps} steps, final loss {tr.final_loss:.4f}, {tr.seconds:.1f} s, "
-            f"{tr.tokens_per_s:,.0f} tokens/s on {tr.device}"
+            f"training: {tr.method}, {tr.steps} steps, final loss {tr.final_loss:.4f}, "
+            + (f"{tr.seconds:.1f} s, " if tr.seconds is not None else "")
+            + (f"{tr.tokens_per_s:,.0f} tokens/s " if tr.tokens_per_s is not None else "")
+            + f"on {tr.device}"
         )
     for p in ev.problems:
         console.print(f"[red]✗[/red] {p}")

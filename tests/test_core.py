@@ -155,7 +155,7 @@ def test_corrupted_object_is_detected_and_rebuilt(project):
     data = bytearray(obj.read_bytes())
     data[3] ^= 0xFF
     obj.write_bytes(bytes(data))
-    # the run directory shares the object by hardlink; take the run away so the build must restore it
+    # take the run away so the build must restore it from the store
     import shutil
 
     shutil.rmtree(project.runs()[0])

@@ -521,8 +521,7 @@ def _train(ctx: Any, lm: Any, params: SFTParams) -> None:
 
     if start_step == 0 and main:
         h0 = heldout_loss()
-        _write_line(logf, {"step": 0, "loss": h0 if h0 is not None else 0.0, "lr": 0.0, "tokens_per_s": 0.0,
-                           "elapsed_s": round(time.perf_counter() - t_start, 3), "heldout_loss": h0,
+        _write_line(logf, {"step": 0, "loss": h0 if h0 is not None else 0.0, "lr": 0.0, "heldout_loss": h0,
                            "precheck": {k: v for k, v in check.items() if k != "samples"}})
 
     # -- the loop
@@ -562,8 +561,9 @@ def _train(ctx: Any, lm: Any, params: SFTParams) -> None:
             tps = n_tokens / max(1e-9, now - t_step)
             tokens_total += n_tokens
             done = step + 1
-            line: dict[str, Any] = {"step": done, "loss": loss_value, "lr": lr, "tokens_per_s": round(tps, 1),
-                                    "elapsed_s": round(elapsed0 + now - t_loop, 3)}
+            # train.log is an output: content only. Timings go to ctx.facts (the manifest and events).
+            line: dict[str, Any] = {"step": done, "loss": loss_value, "lr": lr}
+            elapsed = round(elapsed0 + now - t_loop, 3)
             is_eval = done == params.steps or (params.eval_every and done % params.eval_every == 0)
             is_ckpt = done % params.checkpoint_every == 0 or done == params.steps
             new_best = False
@@ -576,7 +576,7 @@ def _train(ctx: Any, lm: Any, params: SFTParams) -> None:
                 _write_line(logf, line)
                 if is_ckpt or new_best:
                     ckpts.save(peft_model, opt, sched, {
-                        "step": done, "elapsed_s": line["elapsed_s"],
+                        "step": done, "elapsed_s": elapsed,
                         "best_heldout_loss": None if math.isinf(best_loss) else best_loss, "best_step": best_step,
                     }, best=new_best or (ckpts.best() is None and not heldout_ex))
             if progress:
@@ -607,20 +607,25 @@ def _train(ctx: Any, lm: Any, params: SFTParams) -> None:
     total_tokens = sum(len(pools[s][i].ids) for st in range(params.steps) for s, i in schedule.batch(st))
     summary = TrainSummary(
         method=params.method, steps=params.steps, final_loss=loss_value if math.isfinite(loss_value) else 0.0,
-        best_heldout_loss=None if math.isinf(best_loss) else best_loss, seconds=round(seconds, 3),
-        tokens_per_s=round(total_tokens / max(1e-9, loop_s), 1), device=str(device), processes=world,
+        best_heldout_loss=None if math.isinf(best_loss) else best_loss, device=str(device), processes=world,
         threads=threads if device.type == "cpu" else None,
         peak_vram_gb=round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None,
         params=params.model_dump(mode="json"), precheck=check,
         adapter=[FileRef(path=f"adapter/{n}", digest=hashing.digest_file(out / "adapter" / n),
                          size=(out / "adapter" / n).stat().st_size) for n in (ADAPTER_WEIGHTS, ADAPTER_CONFIG)],
-        resumed_from_step=resumed, best_step=best_step,
+        best_step=best_step,
         lora_targets=sorted(peft_model.peft_config["default"].target_modules),
         trainable_params=sum(p.numel() for p in trainable),
     )
     write_record(out / "train.json", summary)
+    tokens_per_s = round(total_tokens / max(1e-9, loop_s), 1)
+    facts = getattr(ctx, "facts", None)
+    if facts is not None:
+        facts.update({"seconds": round(seconds, 3), "loop_seconds": round(loop_s, 3),
+                      "loop_steps": params.steps - start_step,
+                      "tokens_per_s": tokens_per_s, "resumed_from_step": resumed})
     log(f"trained {params.steps} steps in {seconds:.1f} s: loss {summary.final_loss:.4f}, "
-        f"held-out {summary.best_heldout_loss}, {summary.tokens_per_s:.0f} tokens/s")
+        f"held-out {summary.best_heldout_loss}, {tokens_per_s:.0f} tokens/s")
 
 
 def _write_line(f: Any, line: dict[str, Any]) -> None:

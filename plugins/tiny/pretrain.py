@@ -209,7 +209,11 @@ def pretrain(
     log: Callable[[dict[str, Any]], None],
     progress: Callable[[int, float], None] = lambda step, loss: None,
 ) -> dict[str, Any]:
-    """Train all weights with answer-only loss; returns steps, seconds, final loss, tokens."""
+    """Train all weights with answer-only loss; returns steps, final loss, tokens and (apart) seconds.
+
+    The log lines hold content only (step, loss, lr): timings differ on every execution and would
+    change the base's output digest.
+    """
     batches = _batch_order(examples, opts.batch_size, opts.seed)
     optim = make_optimizer(model, opts)
     model.train()
@@ -237,25 +241,23 @@ def pretrain(
                     "step": step + 1,
                     "loss": round(final_loss, 6),
                     "lr": lr,
-                    "tokens_per_s": round(window_tokens / max(now - last_log, 1e-9), 1),
-                    "elapsed_s": round(now - start, 3),
                 }
             )
             window_loss, window_n, window_tokens, last_log = 0.0, 0, 0, now
     model.eval()
+    seconds = time.perf_counter() - start
     return {
         "steps": opts.steps,
-        "seconds": round(time.perf_counter() - start, 3),
         "final_loss": round(final_loss, 6),
         "tokens": tokens,
+        "facts": {"seconds": round(seconds, 3), "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)},
     }
 
 
 def heldout_check(lm: Any, rows: list[dict[str, Any]], n: int, seed: int = 0) -> dict[str, Any]:
     """Exact match of greedy answers on `n` held-out rows, overall and per skill."""
     if n <= 0 or not rows:
-        return {"exact_match": None, "n": 0, "per_skill": {}, "seconds": 0.0}
-    start = time.perf_counter()
+        return {"exact_match": None, "n": 0, "per_skill": {}}
     # A sample spread over every skill, independent of the file's order.
     picked = sorted(rows, key=lambda r: xxhash.xxh3_64_intdigest(f"{seed}:{r['id']}".encode()))[:n]
     from factory.ml.generate import generate
@@ -273,7 +275,6 @@ def heldout_check(lm: Any, rows: list[dict[str, Any]], n: int, seed: int = 0) ->
         "exact_match": round(hits / len(picked), 4),
         "n": len(picked),
         "per_skill": {k: round(v[0] / v[1], 4) for k, v in sorted(per.items())},
-        "seconds": round(time.perf_counter() - start, 3),
     }
 
 
@@ -291,7 +292,7 @@ def _progress_bar() -> Any:
 
 
 def build(breadth_dir: Path, out: Path, options: dict[str, Any], model_id: str = "tiny-llama",
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+          log: Callable[[str], None] = print, facts: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build a tiny base from a breadth corpus split into `out`; returns what base.json records."""
     import torch
 
@@ -352,7 +353,9 @@ def build(breadth_dir: Path, out: Path, options: dict[str, Any], model_id: str =
     from factory.ml.threads import free_cores
 
     torch.set_num_threads(free_cores())
+    t_check = time.perf_counter()
     check = heldout_check(lm, heldout_rows, opts.eval_rows, opts.seed)
+    check_s = time.perf_counter() - t_check
     torch.set_num_threads(threads)
     model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
@@ -365,15 +368,22 @@ def build(breadth_dir: Path, out: Path, options: dict[str, Any], model_id: str =
         "parameters": n_params,
         "tokenizer": {"kind": "byte-level BPE", "vocab_size": len(tokenizer), "eos": EOS, "pad": PAD},
         "corpus": {"train_rows": len(train_rows), "heldout_rows": len(heldout_rows), "cut_rows": cut},
-        "pretrain": {**stats, "threads": threads, "torch": torch.__version__},
+        "pretrain": {**{k: v for k, v in stats.items() if k != "facts"}, "threads": threads,
+                     "torch": torch.__version__},
         "heldout_breadth": check,
-        "seconds": round(time.perf_counter() - wall, 3),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     (out / "base.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    if facts is not None:  # measurements of this execution: the stage manifest and events keep them
+        facts.update({
+            "seconds": round(time.perf_counter() - wall, 3),
+            "pretrain_seconds": stats["facts"]["seconds"],
+            "tokens_per_s": stats["facts"]["tokens_per_s"],
+            "heldout_check_seconds": round(check_s, 3),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        })
     em = check["exact_match"]
     log(
-        f"tiny base: {opts.steps} steps in {stats['seconds']:.0f} s, final loss {stats['final_loss']:.3f}, "
+        f"tiny base: {opts.steps} steps in {stats['facts']['seconds']:.0f} s, final loss {stats['final_loss']:.3f}, "
         f"held-out breadth exact match {em if em is None else f'{em:.1%}'} on {check['n']} rows"
     )
     return info
@@ -383,4 +393,5 @@ def build_base(ctx: Any) -> None:
     """Build function of the tiny family's base stage."""
     cfg = ctx.config
     opts = cfg.get("options", cfg)
-    build(Path(ctx.inputs["breadth"]), Path(ctx.out), opts, model_id=cfg.get("model", "tiny-llama"), log=ctx.log)
+    build(Path(ctx.inputs["breadth"]), Path(ctx.out), opts, model_id=cfg.get("model", "tiny-llama"), log=ctx.log,
+          facts=getattr(ctx, "facts", None))
