@@ -212,11 +212,29 @@ class Plan:
             for j, f in enumerate(files(opts, self.root) if files else ()):
                 eval_inputs[f"suite.{name}.{j}"] = Input(path=Path(f))
 
+        check_criteria = _optional("factory.gate", "check_criteria")
+        if check_criteria is not None:
+            self._field("criteria", check_criteria, r.criteria, {n: s for n, s, _ in suites}, r.evals.regression)
+
+        # The baseline is evaluated first: a `power` check (when that kind is registered) reads its sizes
+        # and rates and guards the first training step, so a held-out set too small to resolve the
+        # criteria stops the build before anything trains.
+        rows.append(Stage("eval-baseline", "eval", {**eval_cfg, "role": "baseline"}, dict(eval_inputs),
+                          self._code("eval", *eval_mods, libs=True)))
+        guard: list[str] = []
+        if "power" in self.regs.stages.names():
+            rows.append(Stage("power", "power", {
+                "primary": r.evals.primary, "regression": r.evals.regression,
+                "criteria": r.criteria.model_dump(mode="json"),
+                "needs": {n: getattr(s, "needs", "") for n, s, _ in suites},
+                "heldout_fraction": {"heldout": r.data.heldout_fraction, "breadth": r.breadth.heldout_fraction},
+            }, {"eval-baseline": Input(stage="eval-baseline")}, self._code("power"), run_prefix="power/"))
+            guard = ["power"]
+
         # Training steps: each starts from the previous step's weights; a promote-<step> check on a
         # step's checkpoint guards the next step (or, after the last, the candidate's evaluation).
         steps = r.steps()
         prev: str | None = None
-        guard: list[str] = []
         check_processes = _optional("factory.ml.threads", "check_processes")
         for i, step in enumerate(steps):
             field = f"train.{i}" if r.multi_step else "train"
@@ -251,13 +269,9 @@ class Plan:
             prev = name
         self.final_train = prev or "train"
 
-        for role in ("baseline", "candidate"):
-            inputs = dict(eval_inputs)
-            if role == "candidate":
-                inputs["adapter"] = Input(stage=self.final_train)
-            rows.append(Stage(f"eval-{role}", "eval", {**eval_cfg, "role": role}, inputs,
-                              self._code("eval", *eval_mods, libs=True),
-                              guards=guard if role == "candidate" else []))
+        rows.append(Stage("eval-candidate", "eval", {**eval_cfg, "role": "candidate"},
+                          {**eval_inputs, "adapter": Input(stage=self.final_train)},
+                          self._code("eval", *eval_mods, libs=True), guards=guard))
 
         rows.append(Stage("decide", "decide", {
             "primary": r.evals.primary, "regression": r.evals.regression,
