@@ -149,7 +149,8 @@ def finish_run(session, recipe: str) -> Path:
     if existing is not None:
         if any(e["status"] != "hit" for e in events):
             _append_events(existing, events)
-            _refresh_index(session, existing)
+        # also when nothing was built: the refresh takes in any run an earlier, killed build left out
+        _refresh_index(session, existing)
         return existing
 
     runs_dir = session.root / "runs"
@@ -253,12 +254,23 @@ def _after_run(session, recipe: str, run_dir: Path, keys: dict[str, str]) -> Non
 
 
 def _refresh_index(session, run_dir: Path) -> None:
+    """Take the run (and any complete run the index lacks) into runs/index.duckdb.
+
+    The index is derived: a build never fails because of it. What this refresh leaves out,
+    the next build's refresh or `factory sql` / `factory runs` takes in (they compare the run
+    directories with the indexed ids before they answer), so the messages below are true.
+    """
     try:
         from factory import index
 
-        index.refresh(session.root / "runs", only=[run_dir.name])
-    except Exception as e:  # the index is derived; a build never fails because of it
-        print(f"factory: index not refreshed ({e}); `factory sql` will catch up", file=sys.stderr)
+        res = index.refresh(session.root / "runs", only=[run_dir.name])
+    except Exception as e:
+        print(f"factory: {run_dir.name} not in the run index yet ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+              "the next build or `factory sql` takes it in", file=sys.stderr)
+        return
+    if res.get("queued"):
+        print(f"factory: the run index is busy; {run_dir.name} is taken in by the next build or `factory sql`",
+              file=sys.stderr)
 
 
 def resolve_run(root: Path, ref: str) -> Path:
