@@ -546,11 +546,14 @@ def _shared_doc(con, runs: dict[str, tuple[Path, str]], name: str, table: str, s
 def _ingest_samples(con) -> None:
     """Read the sample files whose digest the index does not hold yet (one file per digest)."""
     rows = con.execute(
-        "SELECT s.samples.digest, any_value(p.path || '/' || s.samples.path) FROM suites s JOIN paths p USING (run_id) "
+        "SELECT s.samples.digest, any_value({'dir': p.path, 'rel': s.samples.path}) FROM suites s JOIN paths p USING (run_id) "
         "WHERE s.samples.digest IS NOT NULL "
         "AND s.samples.digest NOT IN (SELECT samples_digest FROM evals WHERE samples_digest IS NOT NULL "
         "AND run_id NOT IN (SELECT run_id FROM paths)) "
         "GROUP BY s.samples.digest").fetchall()
+    # a samples path is read only inside its run directory: a record naming "../../x" or a link
+    # that leads out is not followed (`factory run validate` names it)
+    rows = [(d, os.path.join(p["dir"], p["rel"])) for d, p in rows if _inside_run(p["dir"], p["rel"])]
     # read in chunks, so that memory holds one chunk of sample files at a time
     for i in range(0, len(rows), CHUNK):
         part = [(d, text) for d, p in rows[i:i + CHUNK] if (text := _read_text(p)) is not None]
@@ -560,6 +563,16 @@ def _ingest_samples(con) -> None:
                     {"d": [d for d, _ in part], "t": [t for _, t in part]})
         con.execute(_SAMPLES_SQL)
     con.execute("DROP TABLE IF EXISTS sample_src")
+
+
+def _inside_run(run_dir: str, rel: str | None) -> bool:
+    """Whether `rel`, a path a record names, stays inside its run directory (links resolved)."""
+    if not rel or rel.startswith("/") or ".." in rel.replace("\\", "/").split("/"):
+        return False
+    try:
+        return Path(run_dir, rel).resolve().is_relative_to(Path(run_dir).resolve())
+    except (OSError, RuntimeError):
+        return False
 
 
 def _delete_runs(con, run_ids: list[str]) -> None:
