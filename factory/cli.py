@@ -188,6 +188,32 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def install_interrupt_hook(prog: str) -> None:
+    """Make a Ctrl-C that reaches the top of `prog` (doit, which we do not wrap) end in one line and exit 130.
+
+    The interrupt still unwinds every `finally` on its way up (build directories removed, store
+    locks released); only the traceback at the top is replaced.
+    """
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if not issubclass(kind, KeyboardInterrupt):
+            return previous(kind, value, tb)
+        import atexit
+        import os
+
+        print(f"{prog}: interrupted", file=sys.stderr)
+        atexit._run_exitfuncs()  # what a normal exit would still do (doit's and factory's own savers)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(130)
+
+    sys.excepthook = hook
+
+
 def _quiet_stdout() -> None:
     """After a closed pipe (`factory why ... | head`): send what is left to /dev/null, so Python's own
     flush at exit does not print a BrokenPipeError."""

@@ -18,6 +18,7 @@ from typing import Any
 from doit.exceptions import TaskFailed
 
 from factory import fastpath
+from factory.cli import install_interrupt_hook as _install_interrupt_hook
 from factory.project import find_root
 
 DOIT_CONFIG = {
@@ -27,6 +28,7 @@ DOIT_CONFIG = {
 }
 
 ROOT = find_root()
+_install_interrupt_hook("doit")  # Ctrl-C during a build: one line, exit 130
 # doit opens its database before it asks for tasks, so its folder must exist first.
 (ROOT / "cache").mkdir(exist_ok=True)
 
