@@ -278,8 +278,10 @@ def index_path(runs_dir: Path) -> Path:
 
 
 def _is_lock_error(e: Exception) -> bool:
+    # DuckDB: 'Could not set lock on file ...: Conflicting lock is held in ...' (not the "block"
+    # of a checksum error, which is damage)
     text = str(e)
-    return "lock" in text.lower() or "Conflicting" in text
+    return "Could not set lock" in text or "Conflicting lock" in text or "lock on file" in text
 
 
 # Errors that say nothing about the file's content: the index is not rebuilt for these.

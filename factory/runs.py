@@ -157,7 +157,8 @@ def finish_run(session, recipe: str) -> Path:
     runs_dir.mkdir(parents=True, exist_ok=True)
     date = datetime.now().strftime("%Y-%m-%d")
     run_id = f"{date}-{recipe}-{rkey[:8]}"
-    staging = Path(tempfile.mkdtemp(dir=runs_dir, prefix=".tmp-"))
+    _remove_dead_staging(runs_dir)
+    staging = Path(tempfile.mkdtemp(dir=runs_dir, prefix=f".tmp-{os.getpid()}-"))
     try:
         plan = session.plan(recipe)
         for name, key in keys.items():
@@ -230,6 +231,21 @@ def training_plan(session, plan, keys: dict[str, str]) -> dict[str, Any]:
                                 "checks": [] if verdict is None else verdict.get("checks", [])}
         steps.append(entry)
     return {"schema_version": "1.0", "recipe": plan.recipe.name, "final": plan.final_train, "steps": steps}
+
+
+def _remove_dead_staging(runs_dir: Path) -> None:
+    """Remove the staging directories of builds that died before moving them into place
+    (`.tmp-<pid>-*` whose process is gone; a kill -9 runs no cleanup)."""
+    for d in runs_dir.glob(".tmp-*"):
+        pid = d.name.split("-")[1] if d.name.count("-") >= 2 else ""
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass
 
 
 def _append_events(run_dir: Path, events: list[dict[str, Any]]) -> None:

@@ -1,0 +1,375 @@
+"""Fault injection: kills at every point of the index refresh and of the run-directory write,
+corrupt index files, malformed files for every command, workers that outlive their build, and
+settings that change training bytes. Each test prints its counts (trials, failures, what was
+lost) on a `faults:` line; `pytest -s` shows them.
+
+Kills are made by forking: the child runs the code under test with a counter on every DuckDB
+statement and every file rename, and `os._exit`s at the N-th one (a kill -9 at that point: no
+`finally`, no flush); the parent then does what a user does next and checks what survived.
+"""
+
+import io
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from factory import index
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from make_runs import make_runs  # noqa: E402
+
+KILLED = 77  # the exit status of a child killed at its point
+
+
+def report(name: str, **counts) -> None:
+    print(f"faults: {name}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+def complete_runs(runs_dir: Path) -> set[str]:
+    return {p.name for p in runs_dir.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / "decision.json").exists()}
+
+
+def indexed(runs_dir: Path) -> set[str]:
+    return {r for (r,) in index.query(runs_dir, "SELECT run_id FROM runs")[1]}
+
+
+class _Counting:
+    """A DuckDB connection whose every statement is a point where the process may die."""
+
+    def __init__(self, con, tick):
+        self._con, self._tick = con, tick
+
+    def execute(self, *a, **k):
+        self._tick()
+        return self._con.execute(*a, **k)
+
+    def executemany(self, *a, **k):
+        self._tick()
+        return self._con.executemany(*a, **k)
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+
+class Points:
+    """Where a process may die: `count` so far; it dies when `count` reaches `die_at`."""
+
+    def __init__(self, die_at: int | None = None):
+        self.count, self.die_at = 0, die_at
+
+    def tick(self) -> None:
+        self.count += 1
+        if self.die_at is not None and self.count >= self.die_at:
+            os._exit(KILLED)
+
+
+def _instrument(mp, points: Points, functions=()) -> Points:
+    """Make every DuckDB statement of the index, every rename, unlink and file write, and each
+    of `functions` ((object, name) pairs) a point where the process may die."""
+
+    def wrap(real):
+        return lambda *a, **k: (points.tick(), real(*a, **k))[1]
+
+    real_writer = index._writer
+    mp.setattr(index, "_writer", lambda con: _Counting(real_writer(con), points.tick))
+    for name in ("replace", "unlink", "rename"):
+        mp.setattr(os, name, wrap(getattr(os, name)))
+    mp.setattr(Path, "write_text", wrap(Path.write_text))
+    for obj, name in functions:
+        mp.setattr(obj, name, wrap(getattr(obj, name)))
+    return points
+
+
+def _in_child(fn, timeout_s: float = 60.0) -> int:
+    """Run fn in a forked child; its exit status (KILLED when it died at its point, 0 when it finished)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            fn()
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the child hung")
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Path:
+    """runs/ with 8 generated runs (one incomplete) and their index, plus 2 runs the index lacks."""
+    root = tmp_path_factory.mktemp("faults")
+    runs = root / "runs"
+    make_runs(runs, 8, seed=11, incomplete_every=5)
+    index.refresh(runs)
+    make_runs(runs, 2, seed=11, start=8, incomplete_every=0)
+    return runs
+
+
+def _copy(pristine: Path, dest: Path) -> Path:
+    shutil.copytree(pristine, dest, copy_function=shutil.copy2)
+    return dest
+
+
+# --- the index ----------------------------------------------------------------------------------
+
+FAST_TRIALS = 8  # kill points tried by the fast tests, spread over all of them; the slow ones try every point
+
+
+def spread(points: int, every: bool) -> list[int]:
+    """The kill points to try: all of 1..points, or FAST_TRIALS of them from first to last."""
+    if every or points <= FAST_TRIALS:
+        return list(range(1, points + 1))
+    return sorted({1 + round(i * (points - 1) / (FAST_TRIALS - 1)) for i in range(FAST_TRIALS)})
+
+
+@pytest.mark.parametrize("start", ["incremental", "fresh"])
+def test_refresh_killed_at_points_spread_over_it_loses_no_run(pristine, tmp_path, start):
+    _refresh_kills(pristine, tmp_path, start, every=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start", ["incremental", "fresh"])
+def test_refresh_killed_at_every_point_loses_no_run(pristine, tmp_path, start):
+    _refresh_kills(pristine, tmp_path, start, every=True)
+
+
+def _refresh_kills(pristine: Path, tmp_path: Path, start: str, every: bool) -> None:
+    """Kill a refresh at its points; the next `factory sql` must hold every complete run."""
+    new = sorted(complete_runs(pristine) - indexed(pristine))[0]
+
+    def prepare(dest: Path) -> Path:
+        runs = _copy(pristine, dest)
+        if start == "fresh":
+            (runs / index.INDEX_FILE).unlink()
+            Path(str(runs / index.INDEX_FILE) + ".wal").unlink(missing_ok=True)
+        return runs
+
+    # how many points a refresh has (counted in a child, so the counters do not stay patched)
+    probe = prepare(tmp_path / "probe" / "runs")
+    r, w = os.pipe()
+
+    def count_points():
+        with pytest.MonkeyPatch.context() as mp:
+            points = _instrument(mp, Points())
+            index.refresh(probe, only=[new])
+            os.write(w, str(points.count).encode())
+
+    assert _in_child(count_points) == 0
+    points = int(os.read(r, 64))
+    os.close(r)
+    os.close(w)
+    assert points > 10
+
+    trials = lost = failures = 0
+    tried = spread(points, every)
+    for n in tried:
+        runs = prepare(tmp_path / f"t{n}" / "runs")
+
+        def die():
+            with pytest.MonkeyPatch.context() as mp:
+                _instrument(mp, Points(n))
+                index.refresh(runs, only=[new])
+
+        status = _in_child(die)
+        trials += 1
+        if status not in (KILLED, 0):
+            print(f"faults: refresh point {n}: the child ended with {status}")
+            failures += 1
+            continue
+        err = io.StringIO()
+        with redirect_stdout(io.StringIO()), redirect_stderr(err):
+            rc = index.cli_sql(runs.parent, "SELECT count(*) FROM runs", "csv")
+        missing = complete_runs(runs) - indexed(runs)
+        lost += len(missing)
+        if rc != 0 or missing or "Traceback" in err.getvalue():
+            print(f"faults: refresh point {n}: rc {rc}, missing {sorted(missing)}: {err.getvalue()[-300:]}")
+            failures += 1
+        shutil.rmtree(runs.parent)
+    report(f"refresh kills ({start})", points=points, trials=trials, failures=failures, lost_runs=lost)
+    assert trials == len(tried) and failures == 0 and lost == 0
+
+
+def _damage(runs: Path, how: str) -> None:
+    db = runs / index.INDEX_FILE
+    wal = Path(str(db) + ".wal")
+    rng = random.Random(how)
+    if how == "truncated":
+        os.truncate(db, db.stat().st_size // 2)
+    elif how == "garbage":
+        db.write_bytes(rng.randbytes(db.stat().st_size))
+    elif how == "empty":
+        db.write_bytes(b"")
+    elif how == "block":
+        with open(db, "r+b") as f:
+            f.seek(4096 * 3)
+            f.write(rng.randbytes(512))
+    elif how in ("wal-truncated", "wal-garbage"):
+        assert wal.exists(), "the fixture's last refresh left its change in the write-ahead log"
+        if how == "wal-truncated":
+            os.truncate(wal, wal.stat().st_size - 40)
+        else:
+            wal.write_bytes(rng.randbytes(wal.stat().st_size))
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "empty", "block", "wal-truncated", "wal-garbage"])
+def test_damaged_index_is_moved_aside_and_rebuilt(pristine, tmp_path, how):
+    runs = _copy(pristine, tmp_path / "p" / "runs")
+    added = sorted(complete_runs(runs) - indexed(runs))
+    index.refresh(runs, only=added[:1])  # small: stays in the write-ahead log
+    _damage(runs, how)
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = index.cli_sql(runs.parent, "SELECT count(*) AS n FROM runs", "csv")
+    lines = [line for line in err.getvalue().splitlines() if line.strip()]
+    missing = complete_runs(runs) - indexed(runs)
+    report(f"damaged index ({how})", trials=1, failures=int(rc != 0 or bool(missing)), lost_runs=len(missing))
+    assert rc == 0 and not missing
+    assert out.getvalue().splitlines() == ["n", str(len(complete_runs(runs)))]
+    assert "Traceback" not in err.getvalue()
+    if how.startswith("wal"):
+        # DuckDB replays what it can of a damaged log; the runs it dropped are taken in again
+        assert len(lines) <= 1
+    else:
+        assert len(lines) == 1 and "moved aside" in lines[0] and "rebuilding" in lines[0], lines
+        assert list(runs.glob(f"{index.INDEX_FILE}.corrupt-*"))
+
+
+def test_a_refresh_that_cannot_get_the_lock_loses_nothing(pristine, tmp_path):
+    """The lock held by another process: the build's refresh queues; the marker may even be lost."""
+    runs = _copy(pristine, tmp_path / "p" / "runs")
+    new = sorted(complete_runs(runs) - indexed(runs))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""
+            import sys, time, duckdb
+            con = duckdb.connect(sys.argv[1])
+            print("ready", flush=True)
+            time.sleep(60)
+        """), str(runs / index.INDEX_FILE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        res = index.refresh(runs, only=new[:1], wait_s=0.2)
+        assert res["queued"]
+    finally:
+        holder.kill()
+        holder.wait()
+    (runs / index.PENDING_FILE).unlink()  # even without the marker, the listing finds the runs
+    with redirect_stdout(io.StringIO()):
+        assert index.cli_runs(runs.parent) == 0
+    assert complete_runs(runs) == indexed(runs)
+    report("refresh under a held lock", trials=1, failures=0, lost_runs=len(complete_runs(runs) - indexed(runs)))
+
+
+def test_litter_of_a_killed_refresh_is_removed(pristine, tmp_path):
+    runs = _copy(pristine, tmp_path / "p" / "runs")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (runs / f".{index.INDEX_FILE}.{dead}.tmp").write_bytes(b"half an index")
+    (runs / f"{index.PENDING_FILE}.{dead}.tmp").write_text("{")
+    index.refresh(runs)
+    assert not list(runs.glob(f".{index.INDEX_FILE}.*")) and not list(runs.glob(f"{index.PENDING_FILE}.*"))
+
+
+# --- the run-directory write --------------------------------------------------------------------
+
+@pytest.fixture
+def fake_env(monkeypatch):
+    from factory import plugins
+
+    monkeypatch.setenv("FACTORY_LOAD_PLUGINS", "enginekit")
+    monkeypatch.setenv("FACTORY_PROGRESS", "0")
+    monkeypatch.delenv("FACTORY_ROOT", raising=False)
+    monkeypatch.delenv("FACTORY_INVOCATION", raising=False)
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+def test_run_directory_write_killed_at_points_spread_over_it(project, fake_env, tmp_path):
+    _run_dir_kills(project, tmp_path, every=False)
+
+
+@pytest.mark.slow
+def test_run_directory_write_killed_at_every_point(project, fake_env, tmp_path):
+    _run_dir_kills(project, tmp_path, every=True)
+
+
+def _run_dir_kills(project, tmp_path: Path, every: bool) -> None:
+    """Kill the end of a build (run directory staged, moved into place, hooks, refresh) at each point;
+    the next build must leave the run complete, indexed and alone (no half directory, no staging)."""
+    from factory import runs as runs_mod
+    from factory.engine import Session
+
+    Session(project.root).build("demo")  # every stage in the store; the run exists
+    pristine_root = tmp_path / "pristine"
+    shutil.copytree(project.root, pristine_root, symlinks=True)
+    for d in (pristine_root / "runs").iterdir():
+        if d.is_dir():
+            shutil.rmtree(d)
+    (pristine_root / "runs" / index.INDEX_FILE).unlink(missing_ok=True)
+
+    def finish(root: Path):
+        s = Session(root)
+        for stage in s.plan("demo").order():
+            s.run_stage("demo", stage)
+        runs_mod.finish_run(s, "demo")
+
+    end_of_build = [(runs_mod, "link_outputs"), (runs_mod, "_after_run"), (runs_mod, "_append_events")]
+
+    def finish_dying(root: Path, die_at: int | None, out=None):
+        with pytest.MonkeyPatch.context() as mp:
+            points = _instrument(mp, Points(), end_of_build)
+            s = Session(root)
+            for stage in s.plan("demo").order():
+                s.run_stage("demo", stage)
+            points.count, points.die_at = 0, die_at  # only the end of the build is in the count
+            runs_mod.finish_run(s, "demo")
+            if out is not None:
+                os.write(out, str(points.count).encode())
+
+    r, w = os.pipe()
+    probe = tmp_path / "probe"
+    shutil.copytree(pristine_root, probe, symlinks=True)
+    assert _in_child(lambda: finish_dying(probe, None, w)) == 0
+    points = int(os.read(r, 64))
+    os.close(r)
+    os.close(w)
+    trials = failures = lost = 0
+    tried = spread(points, every)
+    for n in tried:
+        root = tmp_path / f"t{n}"
+        shutil.copytree(pristine_root, root, symlinks=True)
+        status = _in_child(lambda: finish_dying(root, n))
+        trials += 1
+        err = io.StringIO()
+        with redirect_stdout(io.StringIO()), redirect_stderr(err):
+            finish(root)  # the next build
+        run_dirs = [p for p in (root / "runs").iterdir() if p.is_dir()]
+        complete = complete_runs(root / "runs")
+        bad = (status not in (KILLED, 0) or len(complete) != 1 or len(run_dirs) != 1
+               or complete - indexed(root / "runs") or "Traceback" in err.getvalue())
+        lost += len(complete - indexed(root / "runs")) + (1 - len(complete))
+        failures += int(bool(bad))
+        shutil.rmtree(root)
+    report("run-directory write kills", points=points, trials=trials, failures=failures, lost_runs=lost)
+    assert trials == len(tried) and points > 5
+    assert failures == 0 and lost == 0
