@@ -373,3 +373,151 @@ def _run_dir_kills(project, tmp_path: Path, every: bool) -> None:
     report("run-directory write kills", points=points, trials=trials, failures=failures, lost_runs=lost)
     assert trials == len(tried) and points > 5
     assert failures == 0 and lost == 0
+
+
+# --- malformed files for every command ----------------------------------------------------------
+
+FIXTURE_RUN = REPO / "tests" / "fixtures" / "run"
+MUTATIONS = {
+    "not UTF-8": lambda p: p.write_bytes(b'{"decision": "\xff\xfe"}'),
+    "binary": lambda p: p.write_bytes(random.Random(p.name).randbytes(300)),
+    "a list": lambda p: p.write_text("[1, 2]"),
+    "null": lambda p: p.write_text("null"),
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
+    "empty": lambda p: p.write_text(""),
+    "a directory": lambda p: (p.unlink(), p.mkdir()),
+    "deeply nested": lambda p: p.write_text("[" * 50000 + "]" * 50000),
+    "a link out": lambda p: (p.unlink(), p.symlink_to("/etc/passwd")),
+}
+
+
+def _cli(*args) -> tuple[int, str, str]:
+    from factory.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = main(list(args))
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _one_line_or_clean(rc: int, out: str, err: str) -> bool:
+    """A command meets bad input with at most one line on stderr, never a traceback, and never the
+    catch-all for an error nobody expected; a failure says something (validate lists its problems)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    return ("Traceback" not in err + out and "FACTORY_DEBUG" not in err and len(lines) <= 1
+            and (rc == 0 or bool(lines) or bool(out.strip())))
+
+
+def test_malformed_run_files_meet_every_command_with_one_line(tmp_path, monkeypatch):
+    root = tmp_path / "p"
+    (root / "recipes").mkdir(parents=True)
+    monkeypatch.setenv("FACTORY_ROOT", str(root))
+    shutil.copytree(FIXTURE_RUN, root / "runs" / "2026-01-01-demo-00000000")
+    ref = root / "runs" / "2026-01-01-demo-00000000"
+    trials, failures = 0, []
+    for name in sorted(p.name for p in FIXTURE_RUN.iterdir()):
+        for how, mutate in MUTATIONS.items():
+            run = root / "runs" / f"2026-01-02-demo-{abs(hash((name, how))) % 10**8:08d}"
+            shutil.copytree(FIXTURE_RUN, run)
+            mutate(run / name)
+            for cmd in (["run", "validate", str(run)], ["run", "render", str(run)], ["compare", str(run), str(ref)]):
+                trials += 1
+                rc, out, err = _cli(*cmd)
+                if not _one_line_or_clean(rc, out, err) or (cmd[1] == "validate" and rc == 0):
+                    failures.append((name, how, cmd[:2], rc, err[-200:]))
+    for cmd in (["runs"], ["sql", "SELECT count(*) FROM runs"], ["why", "demo"]):
+        trials += 1
+        rc, out, err = _cli(*cmd)
+        if not _one_line_or_clean(rc, out, err):
+            failures.append(("runs/", "all of the above", cmd, rc, err[-200:]))
+    report("malformed run files", trials=trials, failures=len(failures), tracebacks=sum(
+        "Traceback" in f[-1] for f in failures))
+    assert not failures, failures[:5]
+
+
+def test_paths_a_record_names_stay_inside_the_run(tmp_path):
+    from factory.validate import validate_run
+
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE_RUN, run)
+    ev = json.loads((run / "eval-candidate.json").read_text())
+    ev["suites"][0]["samples"]["path"] = "../../../../../etc/passwd"
+    (run / "eval-candidate.json").write_text(json.dumps(ev))
+    man = json.loads((run / "run_manifest.json").read_text())
+    man["files"]["../../etc/hostname"] = "0" * 32
+    (run / "run_manifest.json").write_text(json.dumps(man))
+    problems = validate_run(run)
+    assert any("eval-candidate.json" in p and "inside the run directory" in p for p in problems), problems
+    assert any("../../etc/hostname" in p and "outside" in p for p in problems), problems
+
+    # a link that leads out is not followed either
+    ev = json.loads((FIXTURE_RUN / "eval-candidate.json").read_text())
+    (run / "eval-candidate.json").write_text(json.dumps(ev))
+    rel = ev["suites"][0]["samples"]["path"]
+    (run / rel).parent.mkdir(parents=True, exist_ok=True)
+    (run / rel).symlink_to("/etc/passwd")
+    assert any(p.startswith(rel) and "outside" in p for p in validate_run(run))
+    assert not index._inside_run(str(run), rel) and not index._inside_run(str(run), "../x")
+
+
+def test_render_of_a_directory_that_is_not_a_run_says_so(tmp_path):
+    rc, out, err = _cli("run", "render", str(tmp_path))
+    assert rc != 0 and "not a run directory" in err and out == ""
+
+
+def test_render_piped_is_not_cut_at_80_columns(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE_RUN, run)
+    r = subprocess.run([sys.executable, "-m", "factory.cli", "run", "render", str(run)], capture_output=True,
+                       text=True, env={**os.environ, "FACTORY_ROOT": str(tmp_path), "COLUMNS": "80"})
+    assert r.returncode == 0, r.stderr
+    reason = json.loads((run / "decision.json").read_text())["reason"]
+    assert reason in r.stdout  # one line, not folded into the panel's width
+
+
+def test_closed_pipe_and_ctrl_c_end_in_one_line(tmp_path):
+    env = {**os.environ, "FACTORY_ROOT": str(tmp_path)}
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE_RUN, run)
+    p = subprocess.Popen([sys.executable, "-m", "factory.cli", "run", "render", str(run)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=env)
+    p.stdout.close()  # `| head` that has read enough
+    err = p.stderr.read().decode()
+    assert p.wait() in (1, 141) and err == ""  # rich ends a closed pipe with 1, factory's own prints with 141
+
+    code = ("import signal, sys, time\n"
+            "from factory import cli\n"
+            "def slow(args):\n"
+            "    print('ready', flush=True); time.sleep(30)\n"
+            "cli.cmd_runs = slow\n"
+            "sys.exit(cli.main(['runs']))\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=20) == 130
+    assert p.stderr.read().strip() == "factory: interrupted"
+
+
+def test_ctrl_c_in_a_doit_build_ends_in_one_line(project):
+    env = project.env(FAKE_SLEEP="train:30")
+    p = subprocess.Popen([sys.executable, "-m", "doit", "recipe:demo"], cwd=project.root, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while "train" not in project.builds() and time.time() < deadline:
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=30) == 130
+    err = p.stderr.read()
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "doit: interrupted"
+    assert not any((project.root / "cache" / "tmp").iterdir())  # the interrupted stage's build dir is gone
+
+
+def test_a_binary_recipe_is_that_recipe_s_one_line_error(project):
+    (project.root / "recipes" / "broken.yaml").write_bytes(b"goal: x\n\xff\xfe\x00\x01binary")
+    r = project.doit("list")
+    assert "Traceback" not in r.stderr
+    line = next(line for line in r.stdout.splitlines() if line.startswith("recipe:broken"))
+    assert "INVALID" in line and "broken.yaml" in line
+    assert any(line.startswith("recipe:demo ") for line in r.stdout.splitlines())
+    project.doit("recipe:demo")  # the other recipe still builds
+    assert len(project.runs()) == 1
