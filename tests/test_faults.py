@@ -521,3 +521,177 @@ def test_a_binary_recipe_is_that_recipe_s_one_line_error(project):
     assert any(line.startswith("recipe:demo ") for line in r.stdout.splitlines())
     project.doit("recipe:demo")  # the other recipe still builds
     assert len(project.runs()) == 1
+
+
+def test_why_into_a_closed_pipe_prints_no_traceback(project):
+    p = subprocess.Popen([sys.executable, "-m", "factory.cli", "why", "demo"], cwd=project.root, env=project.env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait() == 141 and err == ""
+
+
+# --- workers die with their build ---------------------------------------------------------------
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie has died; only its parent has not reaped it yet
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+BUILDER = textwrap.dedent("""
+    # a builder that starts a launcher (as _launch_torchrun starts torchrun) which starts a worker in a
+    # session of its own (as torchrun does): kill -9 of the builder must take both with it
+    import os, signal, subprocess, sys, time
+    from factory.ml.sft import die_with_parent
+    worker = ("import os, sys, time\\n"
+              "from factory.ml.sft import die_with_parent, watch_builder\\n"
+              "die_with_parent(); watch_builder(int(os.environ['FACTORY_BUILDER_PID']), 0.2)\\n"
+              "print(os.getpid(), flush=True); time.sleep(120)\\n")
+    launcher = ("import subprocess, sys, time\\n"
+                "p = subprocess.Popen([sys.executable, '-c', sys.argv[1]], start_new_session=True)\\n"
+                "time.sleep(120)\\n")
+    env = {**os.environ, "FACTORY_BUILDER_PID": str(os.getpid())}
+    p = subprocess.Popen([sys.executable, "-c", launcher, worker], env=env,
+                         preexec_fn=lambda: die_with_parent(signal.SIGTERM))
+    print(p.pid, flush=True)
+    time.sleep(120)
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_workers_die_with_a_killed_builder(tmp_path):
+    builder = subprocess.Popen([sys.executable, "-c", BUILDER], stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    launcher = int(builder.stdout.readline())
+    deadline = time.time() + 30
+    workers = []
+    while time.time() < deadline and not workers:
+        kids = subprocess.run(["pgrep", "-P", str(launcher)], capture_output=True, text=True).stdout.split()
+        workers = [int(k) for k in kids]
+        time.sleep(0.1)
+    assert workers
+    time.sleep(0.5)  # the worker has set its signal and its watcher
+    builder.kill()  # kill -9: no cleanup of its own runs
+    builder.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(p) for p in (launcher, *workers)):
+        time.sleep(0.1)
+    orphans = [p for p in (launcher, *workers) if _alive(p)]
+    for p in orphans:
+        os.kill(p, signal.SIGKILL)
+    report("workers of a killed builder", trials=1, orphans=len(orphans))
+    assert not orphans
+
+
+def test_processes_are_bounded_by_the_machine(monkeypatch):
+    from factory.errors import FactoryError
+    from factory.ml import threads
+
+    monkeypatch.setattr(threads, "allowed_cores", lambda: 4)
+    monkeypatch.setattr(threads, "available_memory", lambda: 64 * 2**30)
+    threads.check_processes(1, "cpu")
+    threads.check_processes(4, "cpu")
+    with pytest.raises(FactoryError, match=r"^train\.processes: 1000 processes on cpu, but this machine has 4 CPU "
+                                           r"cores: at most 4$"):
+        threads.check_processes(1000, "cpu")
+    monkeypatch.setattr(threads, "available_memory", lambda: 1 * 2**30)  # room for two
+    with pytest.raises(FactoryError, match=r"train\.processes: 3 .*1\.0 GiB of available memory.*at most 2"):
+        threads.check_processes(3, "cpu")
+    monkeypatch.setattr(threads, "available_memory", lambda: 64 * 2**30)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    threads.check_processes(2, "cuda")
+    with pytest.raises(FactoryError, match=r"train\.processes: 3 processes on cuda, but this machine has 2 GPUs"):
+        threads.check_processes(3, "cuda")
+    with pytest.raises(FactoryError, match=r"train\.processes: 0 is not a positive whole number"):
+        threads.check_processes(0, "cpu")
+
+
+def _safetensors(path: Path, payload: bytes = b"\0" * 16) -> None:
+    header = b'{"__metadata__":{}}'
+    path.write_bytes(len(header).to_bytes(8, "little") + header + payload)
+
+
+def _checkpoint(ckdir: Path, step: int) -> str:
+    from factory.ml.sft import CHECKPOINT_FILES
+
+    name = f"step-{step:08d}"
+    d = ckdir / name
+    d.mkdir(parents=True)
+    for f in CHECKPOINT_FILES:
+        if f.endswith(".safetensors"):
+            _safetensors(d / f)
+        elif f == "state.json":
+            (d / f).write_text(json.dumps({"step": step}))
+        else:
+            (d / f).write_text("{}")
+    return name
+
+
+def test_a_new_build_clears_what_a_dead_one_left_in_its_work_directory(tmp_path):
+    from factory.ml.sft import Checkpoints, clean_work
+
+    work = tmp_path / "work"
+    ck = work / "checkpoints"
+    good = _checkpoint(ck, 50)
+    (ck / "last.json").write_text(json.dumps({"dir": good, "step": 50}))
+    half = _checkpoint(ck, 100)
+    os.truncate(ck / half / "optimizer.safetensors", 20)  # killed while writing it
+    (ck / f".step-00000150.{os.getpid()}.tmp").mkdir()
+    (work / "launch.json").write_text("{}")
+    (work / "train.log").write_text('{"step": 1}\n')
+    removed = clean_work(work)
+    assert sorted(removed) == sorted([f"checkpoints/{half}", f"checkpoints/.step-00000150.{os.getpid()}.tmp",
+                                      "launch.json"])
+    assert Checkpoints(work).last() == {"dir": good, "step": 50}
+    assert (work / "train.log").exists()
+
+    # a pointer to a checkpoint that is not whole: nothing is kept, training starts over
+    os.truncate(ck / good / "adapter_model.safetensors", 4)
+    clean_work(work)
+    assert Checkpoints(work).last() is None and not (work / "train.log").exists()
+    assert list(ck.iterdir()) == []
+
+
+# --- settings that change training bytes are in the key -----------------------------------------
+
+def test_thread_count_is_in_the_train_key(project, fake_env):
+    """The families' defaults name the thread count (the trainer uses exactly that), so two counts
+    give two train keys, on every machine."""
+    from factory.engine import Session
+    from factory.interfaces import TrainDefaultsContext
+    from factory.ml import threads
+
+    from factory_plugins.hf import HFFamily
+    from factory_plugins.tiny.family import TinyFamily
+
+    def defaults(family, method: str, device: str, cores: int) -> dict:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(threads, "allowed_cores", lambda: cores)
+            ctx = TrainDefaultsContext(method=method, train_rows=100, heldout_rows=10, device=device, processes=1,
+                                       intent={})
+            return family.default_train_params(ctx)
+
+    for family in (TinyFamily(), HFFamily()):
+        for method in ("sft-lora", "dpo-lora"):
+            assert [defaults(family, method, "cpu", n).get("threads") for n in (1, 2, 8)] == [1, 2, 2]
+            assert "threads" not in defaults(family, method, "cuda", 8)  # no CPU arithmetic to split
+
+    # and the key follows the count (the fake family of these tests takes it from the recipe)
+    recipe = project.root / "recipes" / "demo.yaml"
+    text = recipe.read_text()
+    keys = {}
+    for n in (1, 2):
+        recipe.write_text(text.replace("train: {method: sft-lora}", f"train: {{method: sft-lora, options: {{threads: {n}}}}}"))
+        s = Session(project.root)
+        for stage in ("breadth", "dataset", "base"):
+            s.run_stage("demo", stage)
+        assert s.plan("demo").config("train")["threads"] == n
+        keys[n] = s.plan("demo").key("train")
+    recipe.write_text(text)
+    assert keys[1] != keys[2]
