@@ -117,8 +117,12 @@ class Plan:
             return fn(*args)
         except FactoryError as e:
             msg = str(e)
-            if field and msg.startswith(field.split(".", 1)[0] + "."):
-                raise FactoryError(f"{self._where()}: {msg}") from None  # already names its field
+            head, sep, rest = msg.partition(": ")
+            if field and sep and head.split(".")[0] == field.split(".")[0]:
+                if head.split(".")[-1] == field.split(".")[-1]:  # "train.method: ..." of step 2: train.1.method
+                    msg = rest
+                else:  # names its own, more precise field
+                    raise FactoryError(f"{self._where()}: {msg}") from None
             raise self._error(field, msg) from None
 
     def _options(self, model: Any, data: Any, field: str) -> dict[str, Any]:
@@ -268,7 +272,7 @@ class Plan:
             "eval-candidate": Input(stage="eval-candidate"), "train": Input(stage=self.final_train),
             "dataset": Input(stage="dataset"),
         }
-        if r.multi_step:
+        if len(steps) > 1:  # the report shows the steps side by side
             report_inputs.update({f"step.{st.name}": Input(stage=f"train-{st.name}") for st in steps})
         rows.append(Stage("report", "report", dict(meta), report_inputs, self._code("report")))
         if r.package:
@@ -333,9 +337,10 @@ class Plan:
             if name in known:
                 raise self._error(field, f"the name {name!r} is taken by a stage of the recipe's graph")
             kind = self._field(f"{field}.kind", self.regs.stages.get, spec.kind)
-            if not getattr(kind, "inputs", ()) and getattr(kind, "options", None) is None:
-                raise self._error(f"{field}.kind", f"stage kind {spec.kind!r} cannot be placed by a recipe "
-                                  "(it declares no inputs or options)")
+            if not getattr(kind, "inputs", ()):
+                placeable = sorted(n for n in self.regs.stages.names() if getattr(self.regs.stages.get(n), "inputs", ()))
+                raise self._error(f"{field}.kind", f"stage kind {spec.kind!r} is part of every graph and cannot be "
+                                  f"placed; kinds a recipe can place: {', '.join(placeable) or 'none'}")
             config = {"options": self._options_dump(kind.options, spec.options, f"{field}.options"),
                       "family": self.recipe.base.family,
                       **self._plugin("family", self.recipe.base.family)}

@@ -336,29 +336,53 @@ def recipe_files(root: Path) -> list[Path]:
 
 
 def reference_rows() -> list[tuple[str, str, str, str]]:
-    """(field path, type, default, description) for every recipe field, for the recipe reference."""
+    """(field path, type, default, description) for every recipe field, for the recipe reference.
+
+    A list of sections shows as `field[].sub`, a mapping of named sections as `field.<name>.sub`;
+    `train` is documented in both of its forms (one section, or a list of steps).
+    """
+    import typing
+
     rows: list[tuple[str, str, str, str]] = []
 
-    def walk(model: type[BaseModel], prefix: str) -> None:
+    def models_in(ann: Any) -> list[tuple[str, type[BaseModel]]]:
+        """(path suffix, model) for each model an annotation holds: itself, list items, dict values."""
+        out: list[tuple[str, type[BaseModel]]] = []
+        origin = typing.get_origin(ann)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.append((".", ann))
+        elif origin in (list, tuple):
+            out += [("[]" + suf, m) for suf, m in models_in(typing.get_args(ann)[0])]
+        elif origin is dict:
+            out += [(".<name>" + suf, m) for suf, m in models_in(typing.get_args(ann)[1])]
+        else:
+            for arg in typing.get_args(ann):
+                out += models_in(arg)
+        return out
+
+    def type_name(ann: Any) -> str:
+        if typing.get_origin(ann) is typing.Annotated:
+            return type_name(typing.get_args(ann)[0])
+        return getattr(ann, "__name__", None) or str(ann).replace("typing.", "").replace("factory.recipe.", "")
+
+    def walk(model: type[BaseModel], prefix: str, seen: set[str]) -> None:
         for name, f in model.model_fields.items():
             if f.exclude:
                 continue
             path = f"{prefix}{name}"
-            ann = f.annotation
-            sub = None
-            for cand in (ann, *getattr(ann, "__args__", ())):
-                if isinstance(cand, type) and issubclass(cand, BaseModel):
-                    sub = cand
-            typ = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+            if path in seen:
+                continue
+            seen.add(path)
+            subs = models_in(f.annotation)
             if f.is_required():
                 default = "required"
             elif f.default_factory is not None:
-                default = "(see below)" if sub else repr(f.default_factory())
+                default = "(see below)" if subs else repr(f.default_factory())
             else:
                 default = repr(f.default)
-            rows.append((path, typ, default, f.description or ""))
-            if sub is not None:
-                walk(sub, f"{path}[]." if "list" in str(ann) else f"{path}.")
+            rows.append((path, type_name(f.annotation), default, f.description or ""))
+            for suffix, sub in subs:
+                walk(sub, path + (suffix if suffix != "." else "."), seen)
 
-    walk(Recipe, "")
+    walk(Recipe, "", set())
     return rows

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import xxhash
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from factory.errors import FactoryError
 from factory.hookspecs import hookimpl
@@ -275,12 +275,9 @@ class BreadthOptions(BaseModel):
 
 
 def parse_options(options: dict[str, Any] | None) -> BreadthOptions:
-    try:
-        opts = BreadthOptions.model_validate(options or {})
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise FactoryError(f"breadth-mix: options.{loc}: {first['msg']}") from None
+    from factory import options as opt
+
+    opts = opt.validate(BreadthOptions, options, "breadth-mix: options")
     unknown = [s for s in opts.skills if s not in SKILLS]
     if unknown or not opts.skills:
         raise FactoryError(

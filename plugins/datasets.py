@@ -38,7 +38,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from factory import hashing
 from factory.errors import FactoryError
@@ -86,12 +86,9 @@ class DatasetConfig(BaseModel):
 
 def check_config(config: dict[str, Any], where: str = "data") -> DatasetConfig:
     """Validate a dataset stage config; errors name the field under `where` (e.g. 'recipes/x.yaml: data')."""
-    try:
-        cfg = DatasetConfig.model_validate(config)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise FactoryError(f"{where}.{loc}: {first['msg']}") from None
+    from factory import options
+
+    cfg = options.validate(DatasetConfig, config, where)
     if cfg.contract == "json-action" and not cfg.options.actions:
         raise FactoryError(
             f"{where}.options.actions: the json-action contract needs the known actions "
@@ -437,11 +434,11 @@ class JsonlSource:
     def _path(self, spec: dict[str, Any], root: Path) -> Path:
         if not spec.get("path"):
             raise FactoryError("data.sources: the jsonl source needs a path")
-        try:
-            JsonlOptions.model_validate({k: v for k, v in (spec.get("options") or {}).items() if k != "split"})
-        except ValidationError as e:
-            first = e.errors()[0]
-            raise FactoryError(f"{spec['path']}: options.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        from factory import options
+
+        # split is the dataset stage's option; the plan checks the rest against JsonlOptions
+        options.validate(JsonlOptions, {k: v for k, v in (spec.get("options") or {}).items() if k != "split"},
+                         f"{spec['path']}: options")
         path = Path(root) / spec["path"]
         if not path.is_file():
             raise FactoryError(f"{spec['path']}: no such file")
@@ -480,6 +477,7 @@ def register_stage_kinds(register):
         StageKind(
             name="dataset",
             build=build_dataset,
+            options=DatasetConfig,  # the recipe's data sections, checked at plan time
             description="validate, dedup and split rows from dataset sources into train.jsonl and heldout.jsonl",
         )
     )

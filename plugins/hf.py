@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from factory.errors import FactoryError
 from factory.hookspecs import hookimpl
@@ -48,15 +48,9 @@ class HFBaseOptions(BaseModel):
 
 
 def parse_options(options: dict[str, Any] | None) -> HFBaseOptions:
-    try:
-        opts = HFBaseOptions.model_validate(options or {})
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        msg = first["msg"]
-        if first["type"] == "extra_forbidden":
-            msg = f"unknown option; the hf family knows: {', '.join(HFBaseOptions.model_fields)}"
-        raise FactoryError(f"base.options.{loc}: {msg}") from None
+    from factory import options as opt
+
+    opts = opt.validate(HFBaseOptions, options, "base.options")
     if "{prompt}" not in opts.template:
         raise FactoryError("base.options.template: must contain {prompt}")
     return opts

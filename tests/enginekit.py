@@ -10,6 +10,8 @@ import os
 import time
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
 from factory.hookspecs import hookimpl
 from factory.stages import StageKind
 
@@ -77,6 +79,10 @@ class Fake:
         return {"steps": 10, "lr": 0.1, "rows": ctx.train_rows, "precision": "bf16"}
 
     def trainer(self, method):
+        if method not in ("sft-lora", "dpo-lora"):
+            from factory.errors import FactoryError
+
+            raise FactoryError(f"train.method: the fake family has no method {method!r}; its methods: sft-lora, dpo-lora")
         return train
 
     def load(self, base_dir, adapter_dir, settings):
@@ -111,8 +117,43 @@ def build_eval(ctx):
     _w(ctx, f"eval-{role}.json", {"role": role, "score": score})
 
 
+def build_promote(ctx):
+    """A step's checkpoint 'scores' steps / 1000 on every criterion: a recipe's steps decide the verdict."""
+    _log(ctx)
+    steps = json.loads((ctx.inputs["adapter"] / "adapter" / "adapter.json").read_text())["steps"]
+    checks = [{"criterion": c, "min": m, "value": steps / 1000, "passed": steps / 1000 >= m}
+              for c, m in sorted(ctx.config["promote"].items())]
+    failed = [c for c in checks if not c["passed"]]
+    step = ctx.config["step"]
+    _w(ctx, "verdict.json", {
+        "pass": not failed, "decision": "rework" if failed else "promote", "step": step,
+        "reason": f"step {step} not promoted: {failed[0]['criterion']}" if failed else f"step {step} promoted",
+        "next_action": f"raise {ctx.config['field']}.steps" if failed else None,
+        "blocked_by": [f"promote.{step}.{c['criterion']}" for c in failed], "checks": checks})
+
+
+class CountOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str = "rows"
+
+
+def build_count(ctx):
+    """A placeable kind: counts the lines of its `rows` input."""
+    _log(ctx)
+    opts = CountOptions.model_validate(ctx.config["options"])
+    n = len(Path(ctx.inputs["rows"]).read_text().splitlines())
+    _w(ctx, "count.json", {opts.label: n})
+
+
 def build_decide(ctx):
     _log(ctx)
+    for d in ctx.inputs.values():
+        stop = Path(d) / "stop.json"
+        if Path(d).is_dir() and stop.exists():
+            v = json.loads(stop.read_text())["verdict"]
+            _w(ctx, "decision.json", {"decision": v["decision"], "reason": v["reason"],
+                                      "next_action": v["next_action"], "blocked_by": v["blocked_by"]})
+            return
     cand = json.loads((ctx.inputs["eval-candidate"] / "eval-candidate.json").read_text())["score"]
     ok = cand >= (ctx.config["criteria"]["primary_min"] or 0)
     _w(ctx, "decision.json", {"decision": "ship" if ok else "rework", "reason": f"primary {cand}"})
@@ -147,6 +188,8 @@ def register_eval_suites(register):
 @hookimpl
 def register_stage_kinds(register):
     for name, fn in [("dataset", build_dataset), ("base", Fake().build_base), ("train", train),
-                     ("eval", build_eval), ("decide", build_decide), ("report", build_report),
-                     ("package", build_package)]:
+                     ("eval", build_eval), ("promote", build_promote), ("package", build_package)]:
         register(StageKind(name, fn))
+    register(StageKind("decide", build_decide, handles_stop=True))
+    register(StageKind("report", build_report, handles_stop=True))
+    register(StageKind("count-rows", build_count, options=CountOptions, inputs=("rows",)))

@@ -200,7 +200,7 @@ def test_prompt_answer_rows_pass_through_with_their_skill(tmp_path, registry):
 @pytest.mark.parametrize(
     "config, message",
     [
-        ({"options": {"max_chars": 10, "typo": 1}}, "data.options.typo: Extra inputs are not permitted"),
+        ({"options": {"max_chars": 10, "typo": 1}}, "data.options.typo: unknown option; known: max_chars, ascii_only, actions"),
         ({"options": {}}, "data.options.actions: the json-action contract needs"),
         ({"heldout_fraction": 1.5}, "data.heldout_fraction: Input should be less than 1"),
         ({"contract": "yaml"}, "data.contract: Input should be 'json-action'"),

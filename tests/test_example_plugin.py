@@ -61,7 +61,7 @@ def test_family_registers_through_the_entry_point(toy):
     regs = plugins.load(only=["toy"])
     info = next(p for p in regs.plugins if p.name == "toy")
     assert (info.source, info.version, info.error) == ("entry point", "0.1.0", None)
-    assert info.registered == {"family": ["toy-gpt2"]}
+    assert info.registered == {"family": ["toy-gpt2"], "stage": ["row-lengths"]}
     family = regs.families.get("toy-gpt2")
     assert isinstance(family, ModelFamily)
     assert regs.plugin_of("family", "toy-gpt2").name == "toy"
@@ -182,3 +182,35 @@ def test_recipe_naming_the_toy_family_builds_end_to_end(tmp_path):
     assert decision["decision"] in ("ship", "rework", "reject", "blocked")
     config = json.loads((runs[0] / "config.json").read_text())
     assert config["base"]["family"] == "toy-gpt2"
+
+
+def test_a_recipe_places_the_plugins_stage_kind(toy, tmp_path):
+    import shutil
+
+    from factory.engine import Session
+    from factory.stages import BuildContext
+
+    root = tmp_path / "proj"
+    shutil.copytree(ROOT / "recipes", root / "recipes")
+    text = (ROOT / "recipes" / "pace-planner.yaml").read_text()
+    placed = "stages:\n  lengths: {kind: row-lengths, inputs: {rows: 'dataset:train.jsonl'}, options: {buckets: [40, 80]}}\n"
+    (root / "recipes" / "placed.yaml").write_text(text + placed)
+    plan = Session(root).plan("placed")
+    st = plan.stages["lengths"]
+    assert st.kind == "row-lengths" and st.inputs["rows"].stage == "dataset" and st.run_prefix == "stages/lengths/"
+    assert st.config["options"] == {"field": "prompt", "buckets": [40, 80]}
+    assert st.code["plugin"] == "toy"
+    (root / "recipes" / "bad.yaml").write_text(text + placed.replace("buckets", "bucket"))
+    with pytest.raises(FactoryError, match="stages.lengths.options.bucket: unknown option; known: field, buckets"):
+        Session(root).plan("bad")
+
+    import factory_family_toy
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": "x" * n}) + "\n" for n in (10, 50, 100)))
+    out = tmp_path / "out"
+    out.mkdir()
+    factory_family_toy.build_row_lengths(BuildContext(
+        recipe=None, stage="lengths", kind="row-lengths", key="k", config={"options": {"buckets": [40, 80]}},
+        inputs={"rows": rows}, out=out, root=tmp_path, registry=None))
+    assert json.loads((out / "row-lengths.json").read_text())["counts"] == {"40": 1, "80": 1, "more": 1}

@@ -87,3 +87,41 @@ def test_flagship_reuses_base_data_and_baseline_and_ships(clean_project):
     r = doit(clean_project, "recipe:pace-planner")
     assert "-- recipe:pace-planner" in r.stdout
     assert sorted(p.name for p in (clean_project / "runs").iterdir()) == before
+
+
+def test_dpo_recipe_reuses_the_flagships_sft_step_and_trains_dpo_on_top(clean_project):
+    from factory.validate import validate_run
+
+    doit(clean_project, "recipe:pace-planner-dpo")
+    run = run_dir(clean_project, "pace-planner-dpo")
+    ev = events(run)
+    assert ev["train-sft"]["status"] == "hit", "the SFT step is the flagship's training, reused"
+    assert ev["train-dpo"]["status"] == "built"
+    plan = json.loads((run / "training_plan.json").read_text())
+    assert [s["name"] for s in plan["steps"]] == ["sft", "dpo"]
+    assert plan["steps"][0]["promote"]["passed"] is True
+    decision = json.loads((run / "decision.json").read_text())
+    assert decision["decision"] in ("ship", "rework"), decision
+    if plan["steps"][1]["promote"]["passed"] is False:
+        assert decision["reason"].startswith("step dpo not promoted")
+    assert (run / "steps" / "dpo" / "train.log").is_file()
+    assert validate_run(run) == []
+
+
+def test_curriculum_recipe_promotes_each_step_on_its_own_checks(clean_project):
+    from factory.validate import validate_run
+
+    doit(clean_project, "recipe:pace-planner-curriculum")
+    run = run_dir(clean_project, "pace-planner-curriculum")
+    plan = json.loads((run / "training_plan.json").read_text())
+    assert [s["name"] for s in plan["steps"]] == ["foundations", "composition", "whole-task"]
+    ev = events(run)
+    for st in plan["steps"]:
+        assert st["promote"] is not None and st["promote"]["criteria"]
+        if st["status"] == "trained":
+            assert ev[f"promote-{st['name']}"]["status"] in ("built", "hit")
+    decision = json.loads((run / "decision.json").read_text())
+    stopped = [s for s in plan["steps"] if s["promote"]["passed"] is False]
+    if stopped:
+        assert decision["decision"] == "rework" and stopped[0]["name"] in decision["reason"]
+    assert validate_run(run) == []

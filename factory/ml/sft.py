@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from factory.errors import FactoryError
 from factory.records import read_rows
@@ -97,16 +97,9 @@ class SFTParams(BaseModel):
 
 
 def parse_params(config: dict[str, Any]) -> SFTParams:
-    try:
-        return SFTParams.model_validate(config)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        msg = first["msg"]
-        if first["type"] == "extra_forbidden":
-            known = LoraParams.model_fields if loc.startswith("lora.") else SFTParams.model_fields
-            msg = f"unknown option; the sft-lora trainer knows: {', '.join(known)}"
-        raise FactoryError(f"train.{loc}: {msg}") from None
+    from factory import options
+
+    return options.validate(SFTParams, config, "train")
 
 
 # --- data ----------------------------------------------------------------------
