@@ -695,3 +695,60 @@ def test_thread_count_is_in_the_train_key(project, fake_env):
         keys[n] = s.plan("demo").key("train")
     recipe.write_text(text)
     assert keys[1] != keys[2]
+
+
+# --- kills at random points of a whole build ----------------------------------------------------
+
+def _store_consistent(root: Path) -> list[str]:
+    """Manifests whose objects are missing or damaged."""
+    from factory import hashing
+
+    store = root / "cache"
+    bad = []
+    for man in (store / "stages").glob("*.json"):
+        for rel, entry in json.loads(man.read_text())["outputs"].items():
+            obj = store / "objects" / entry["digest"][:2] / entry["digest"]
+            if not obj.exists() or hashing.hash_file(obj) != entry["digest"]:
+                bad.append(f"{man.name}: {rel}")
+    return bad
+
+
+def _random_build_kills(project, trials: int) -> None:
+    t0 = time.monotonic()
+    project.doit("recipe:demo")
+    full = time.monotonic() - t0
+    pristine = project.root.parent / "pristine"
+    shutil.copytree(project.root, pristine, symlinks=True)
+    rng = random.Random(18)
+    failures = lost = 0
+    for t in range(trials):
+        root = project.root.parent / f"k{t}"
+        shutil.copytree(pristine, root, symlinks=True)
+        shutil.rmtree(root / "cache")
+        shutil.rmtree(root / "runs")
+        p = subprocess.Popen([sys.executable, "-m", "doit", "recipe:demo"], cwd=root, env=project.env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(rng.uniform(0.2, full))
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        r = subprocess.run([sys.executable, "-m", "doit", "recipe:demo"], cwd=root, env=project.env(),
+                           capture_output=True, text=True, timeout=120)
+        runs_dir = root / "runs"
+        complete = complete_runs(runs_dir) if runs_dir.exists() else set()
+        leftovers = [d.name for d in runs_dir.iterdir() if d.is_dir() and d.name not in complete]
+        missing = complete - indexed(runs_dir) if complete else set()
+        lost += (1 - len(complete)) + len(missing)
+        if r.returncode != 0 or len(complete) != 1 or missing or leftovers or _store_consistent(root) \
+                or "Traceback" in r.stderr:
+            failures += 1
+    report("random kills of a build", trials=trials, failures=failures, lost_runs=lost)
+    assert failures == 0 and lost == 0
+
+
+def test_builds_killed_at_random_points_lose_nothing(project):
+    _random_build_kills(project, trials=3)
+
+
+@pytest.mark.slow
+def test_builds_killed_at_many_random_points_lose_nothing(project):
+    _random_build_kills(project, trials=25)
