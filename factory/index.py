@@ -646,6 +646,7 @@ def _refresh_into(con, runs_dir: Path, deep: bool, only: list[str] | None = None
     except Exception:
         con.execute("ROLLBACK")
         raise
+    _clear_expected(con, runs_dir)
     unchanged = len(found) - len(new) - len(changed)
     if only is not None:
         unchanged = con.execute("SELECT count(*) FROM ingested").fetchone()[0] - len(new) - len(changed)
@@ -733,6 +734,50 @@ def _write_pending(pending: Path, only: list[str] | None, reason: str) -> None:
     tmp.write_text(json.dumps({"queued_at": datetime.now(timezone.utc).isoformat(),
                                "pid": os.getpid(), "runs": only, "reason": reason}) + "\n")
     os.replace(tmp, pending)
+
+
+EXPECT_DIR = ".index-new"  # runs/.index-new/<run id>: a run written (or being written) and not yet indexed
+
+
+def expect(runs_dir: Path, run_id: str) -> None:
+    """Note, before a run directory is moved into place, that the index must take it in.
+
+    The refresh that ingests it removes the note; a build killed in between leaves it, and the
+    next build (even one with nothing to do: a listing of this small directory) refreshes.
+    """
+    d = Path(runs_dir) / EXPECT_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{run_id}.{os.getpid()}.tmp"
+    tmp.write_text(f"{os.getpid()}\n")
+    os.replace(tmp, d / run_id)
+
+
+def expected(runs_dir: Path) -> list[str]:
+    """Runs noted by `expect` that no refresh has taken in yet."""
+    try:
+        return sorted(n for n in os.listdir(Path(runs_dir) / EXPECT_DIR) if not n.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _clear_expected(con, runs_dir: Path) -> None:
+    """Remove the notes of runs now indexed, and of runs never moved into place by a build now gone."""
+    names = expected(runs_dir)
+    if not names:
+        return
+    have = {r for (r,) in con.execute("SELECT run_id FROM ingested WHERE run_id IN (SELECT unnest($ids))",
+                                      {"ids": names}).fetchall()}
+    d = Path(runs_dir) / EXPECT_DIR
+    for n in names:
+        done = n in have
+        if not done and not (Path(runs_dir) / n).exists():
+            try:
+                pid = int((d / n).read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            done = not pid or not _pid_alive(pid)
+        if done:
+            (d / n).unlink(missing_ok=True)
 
 
 def _run_names(runs_dir: Path) -> set[str]:

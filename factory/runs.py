@@ -194,6 +194,9 @@ def finish_run(session, recipe: str) -> Path:
         dest = runs_dir / run_id
         if dest.exists():  # same key built earlier today but left incomplete
             shutil.rmtree(dest)
+        from factory import index
+
+        index.expect(runs_dir, run_id)  # a kill from here to the refresh: the next build refreshes
         os.replace(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -122,6 +122,12 @@ def _run_uptodate(recipe: str) -> bool:
     return ok
 
 
+def _index_current() -> bool:
+    from factory.index import expected
+
+    return not expected(ROOT / "runs")
+
+
 def _finish(recipe: str):
     from factory.errors import FactoryError
     from factory.runs import finish_run
@@ -189,7 +195,8 @@ def task_recipe():
             "doc": graph["doc"],
             "actions": [(_finish, [name])],
             "task_dep": [f"stage:{name}.{s}" for s, _, _ in graph["stages"]],
-            "uptodate": [True] if fast else [(_run_uptodate, [name])],
+            # not up to date while a run waits for the index (a build killed before its refresh)
+            "uptodate": ([True] if fast else [(_run_uptodate, [name])]) + [(_index_current, [])],
             "verbosity": 2,
         }
 
