@@ -21,6 +21,8 @@ Self-healing: every refresh (and every `factory sql` / `factory runs`) compares 
 the run directories with the ids in `ingested` (one directory listing and one query) and takes
 in what is missing, so a run whose build died before its refresh, a refresh that could not get
 the lock, or a write-ahead log cut short by a crash is caught up by the next build or query.
+A build notes the run it moves into place in `runs/.index-new/<run id>` until a refresh has it,
+so even a build with nothing to do refreshes after one killed between its rename and its refresh.
 An index file DuckDB cannot read (truncated, overwritten, a checksum that does not match) is
 moved aside as `index.duckdb.corrupt-<time>` with a one-line notice and rebuilt from `runs/`.
 
