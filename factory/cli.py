@@ -232,19 +232,80 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def install_interrupt_hook(prog: str) -> None:
+    """Make a Ctrl-C that reaches the top of `prog` (doit, which we do not wrap) end in one line and exit 130.
+
+    The interrupt still unwinds every `finally` on its way up (build directories removed, store
+    locks released); only the traceback at the top is replaced.
+    """
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if not issubclass(kind, KeyboardInterrupt):
+            return previous(kind, value, tb)
+        import atexit
+        import os
+
+        print(f"{prog}: interrupted", file=sys.stderr)
+        atexit._run_exitfuncs()  # what a normal exit would still do (doit's and factory's own savers)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(130)
+
+    sys.excepthook = hook
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe (`factory why ... | head`): send what is left to /dev/null, so Python's own
+    flush at exit does not print a BrokenPipeError."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Every failure ends in one line on stderr and a non-zero exit; FACTORY_DEBUG=1 adds the traceback
+    of an unexpected error."""
+    import os
+
     p = parser()
     args = p.parse_args(argv)
     if not getattr(args, "fn", None):
         p.print_help()
         return 0
     try:
-        return int(args.fn(args) or 0)
+        rc = int(args.fn(args) or 0)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return rc
     except FactoryError as e:
         print(f"factory: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print("factory: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141  # as a process killed by SIGPIPE would
+    except RecursionError:
+        print(f"factory {args.command}: error: input nested too deeply", file=sys.stderr)
+        return 2
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"factory {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - one line, not a traceback; FACTORY_DEBUG shows it
+        if os.environ.get("FACTORY_DEBUG"):
+            raise
+        print(f"factory {args.command}: error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              "(FACTORY_DEBUG=1 shows where)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -20,13 +20,30 @@ from factory.errors import FactoryError
 MAX_FLIPS = 20  # flipped samples shown per suite; the count is always complete
 
 
-def _load(path: Path) -> dict[str, Any]:
+def _load(path: Path, lists: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A record as a dict; `lists` name fields that must be lists of objects (one line if not)."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
     except json.JSONDecodeError as e:
         raise FactoryError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise FactoryError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except IsADirectoryError:
+        raise FactoryError(f"{path}: a directory, not a file") from None
+    except RecursionError:
+        raise FactoryError(f"{path}: nested too deeply") from None
+    if not isinstance(data, dict):
+        raise FactoryError(f"{path}: (root): a JSON object expected, found {type(data).__name__}")
+    for field in lists:
+        v = data.get(field)
+        if v is not None and not (isinstance(v, list) and all(isinstance(x, dict) for x in v)):
+            raise FactoryError(f"{path}: {field}: a list of objects expected")
+    for field in ("stage_keys",):
+        if data.get(field) is not None and not isinstance(data[field], dict):
+            raise FactoryError(f"{path}: {field}: an object expected")
+    return data
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -98,17 +115,27 @@ def criteria_table(decisions: list[dict[str, Any]]) -> list[tuple[str, str, list
 def _samples(run: Path, ev: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     """suite -> sample id -> sample record, for one eval record."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for s in ev.get("suites", []):
+    for s in ev.get("suites") or []:
         ref = s.get("samples") or {}
-        path = run / ref["path"] if ref.get("path") else None
-        if path is None or not path.is_file():
+        if not isinstance(ref, dict) or not isinstance(ref.get("path"), str) or not isinstance(s.get("suite"), str):
             continue
-        rows = {}
-        with open(path) as f:
-            for line in f:
-                if line.strip():
-                    rec = json.loads(line)
-                    rows[str(rec.get("id"))] = rec
+        path = run / ref["path"]
+        if not path.resolve().is_relative_to(run.resolve()):
+            raise FactoryError(f"{run / 'eval-candidate.json'}: suites: samples.path {ref['path']!r} "
+                               "leads outside the run directory")
+        if not path.is_file():
+            continue
+        rows, n = {}, 0
+        try:
+            with open(path) as f:
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        rec = json.loads(line)
+                        if not isinstance(rec, dict):
+                            raise ValueError("not a JSON object")
+                        rows[str(rec.get("id"))] = rec
+        except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise FactoryError(f"{path}:{n}: not a sample record ({str(e).splitlines()[0]})") from None
         out[s["suite"]] = rows
     return out
 
@@ -141,8 +168,8 @@ def compare(root: Path, refs: list[str]) -> dict[str, Any]:
     runs = [_resolve(Path(root), r) for r in refs]
     configs = [_load(r / "config.json") for r in runs]
     manifests = [_load(r / "run_manifest.json") for r in runs]
-    decisions = [_load(r / "decision.json") for r in runs]
-    evals = [_load(r / "eval-candidate.json") for r in runs]
+    decisions = [_load(r / "decision.json", ("criteria",)) for r in runs]
+    evals = [_load(r / "eval-candidate.json", ("suites",)) for r in runs]
     keys = [m.get("stage_keys") or c.get("stage_keys") or {} for m, c in zip(manifests, configs)]
     differ, same = stage_key_differences(keys)
     return {

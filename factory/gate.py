@@ -85,6 +85,9 @@ def load_samples(record: EvalRecord, root: Path, record_name: str | None = None)
             problems.append(f"{name}: suite {s.suite}: no samples file recorded")
             continue
         path = Path(root) / s.samples.path
+        if not path.resolve().is_relative_to(Path(root).resolve()):  # a link that leads out of the run
+            problems.append(f"{s.samples.path}: leads outside {root} (named by {name} for suite {s.suite})")
+            continue
         if not path.is_file():
             problems.append(f"{s.samples.path}: missing (named by {name} for suite {s.suite})")
             continue

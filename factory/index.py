@@ -17,6 +17,15 @@ next `refresh` or `factory sql`. A build never fails because of the index.
 Readers (`factory sql`, `factory runs`) open the file read-only for one
 statement at a time, so an open shell does not hold the lock between queries.
 
+Self-healing: every refresh (and every `factory sql` / `factory runs`) compares the names of
+the run directories with the ids in `ingested` (one directory listing and one query) and takes
+in what is missing, so a run whose build died before its refresh, a refresh that could not get
+the lock, or a write-ahead log cut short by a crash is caught up by the next build or query.
+A build notes the run it moves into place in `runs/.index-new/<run id>` until a refresh has it,
+so even a build with nothing to do refreshes after one killed between its rename and its refresh.
+An index file DuckDB cannot read (truncated, overwritten, a checksum that does not match) is
+moved aside as `index.duckdb.corrupt-<time>` with a one-line notice and rebuilt from `runs/`.
+
 duckdb is imported inside functions: `factory --help` must not pay for it.
 """
 
@@ -260,17 +269,50 @@ class IndexBusy(FactoryError):
     """The index file is locked by another process."""
 
 
+class IndexCorrupt(FactoryError):
+    """The index file (or its write-ahead log) cannot be read: it is rebuilt from the run directories."""
+
+
+CORRUPT_KEEP = 3  # index files moved aside that are kept (the newest), for a look at what went wrong
+
+
 def index_path(runs_dir: Path) -> Path:
     return Path(runs_dir) / INDEX_FILE
 
 
 def _is_lock_error(e: Exception) -> bool:
+    # DuckDB: 'Could not set lock on file ...: Conflicting lock is held in ...' (not the "block"
+    # of a checksum error, which is damage)
     text = str(e)
-    return "lock" in text.lower() or "Conflicting" in text
+    return "Could not set lock" in text or "Conflicting lock" in text or "lock on file" in text
+
+
+# Errors that say nothing about the file's content: the index is not rebuilt for these.
+_NOT_CORRUPT = ("Permission denied", "Read-only file system", "No space left", "Too many open files",
+                "Cannot allocate memory", "Out of Memory")
+
+
+def _is_corrupt(e: Exception) -> bool:
+    """Whether a DuckDB error on opening or reading the index means its file is damaged."""
+    import duckdb
+
+    if not isinstance(e, duckdb.Error) or _is_lock_error(e):
+        return False
+    if isinstance(e, (duckdb.CatalogException, duckdb.ParserException, duckdb.BinderException,
+                      duckdb.InterruptException)):
+        return False
+    return not any(t in str(e) for t in _NOT_CORRUPT)
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 def connect(runs_dir: Path, read_only: bool = True, wait_s: float = 3.0):
-    """Open the index, retrying while another process holds it; IndexBusy if it stays locked."""
+    """Open the index, retrying while another process holds it.
+
+    IndexBusy if it stays locked; IndexCorrupt if DuckDB cannot read the file.
+    """
     import duckdb
 
     path = index_path(runs_dir)
@@ -281,9 +323,11 @@ def connect(runs_dir: Path, read_only: bool = True, wait_s: float = 3.0):
             if read_only:
                 return _quiet(duckdb.connect(str(path), read_only=True))
             return _writer(duckdb.connect(str(path), config={"storage_compatibility_version": STORAGE_COMPAT}))
-        except duckdb.IOException as e:
+        except duckdb.Error as e:
+            if _is_corrupt(e):
+                raise IndexCorrupt(f"{path}: {_first_line(e)}") from None
             if not _is_lock_error(e):
-                raise FactoryError(f"{path}: cannot open the index: {str(e).splitlines()[0]}") from None
+                raise FactoryError(f"{path}: cannot open the index: {_first_line(e)}") from None
             if time.monotonic() >= deadline:
                 what = "updating" if read_only else "reading or updating"
                 raise IndexBusy(f"{path}: another process is {what} the index; try again in a moment") from None
@@ -517,11 +561,14 @@ def _shared_doc(con, runs: dict[str, tuple[Path, str]], name: str, table: str, s
 def _ingest_samples(con) -> None:
     """Read the sample files whose digest the index does not hold yet (one file per digest)."""
     rows = con.execute(
-        "SELECT s.samples.digest, any_value(p.path || '/' || s.samples.path) FROM suites s JOIN paths p USING (run_id) "
+        "SELECT s.samples.digest, any_value({'dir': p.path, 'rel': s.samples.path}) FROM suites s JOIN paths p USING (run_id) "
         "WHERE s.samples.digest IS NOT NULL "
         "AND s.samples.digest NOT IN (SELECT samples_digest FROM evals WHERE samples_digest IS NOT NULL "
         "AND run_id NOT IN (SELECT run_id FROM paths)) "
         "GROUP BY s.samples.digest").fetchall()
+    # a samples path is read only inside its run directory: a record naming "../../x" or a link
+    # that leads out is not followed (`factory run validate` names it)
+    rows = [(d, os.path.join(p["dir"], p["rel"])) for d, p in rows if _inside_run(p["dir"], p["rel"])]
     # read in chunks, so that memory holds one chunk of sample files at a time
     for i in range(0, len(rows), CHUNK):
         part = [(d, text) for d, p in rows[i:i + CHUNK] if (text := _read_text(p)) is not None]
@@ -531,6 +578,16 @@ def _ingest_samples(con) -> None:
                     {"d": [d for d, _ in part], "t": [t for _, t in part]})
         con.execute(_SAMPLES_SQL)
     con.execute("DROP TABLE IF EXISTS sample_src")
+
+
+def _inside_run(run_dir: str, rel: str | None) -> bool:
+    """Whether `rel`, a path a record names, stays inside its run directory (links resolved)."""
+    if not rel or rel.startswith("/") or ".." in rel.replace("\\", "/").split("/"):
+        return False
+    try:
+        return Path(run_dir, rel).resolve().is_relative_to(Path(run_dir).resolve())
+    except (OSError, RuntimeError):
+        return False
 
 
 def _delete_runs(con, run_ids: list[str]) -> None:
@@ -606,6 +663,7 @@ def _refresh_into(con, runs_dir: Path, deep: bool, only: list[str] | None = None
     except Exception:
         con.execute("ROLLBACK")
         raise
+    _clear_expected(con, runs_dir)
     unchanged = len(found) - len(new) - len(changed)
     if only is not None:
         unchanged = con.execute("SELECT count(*) FROM ingested").fetchone()[0] - len(new) - len(changed)
@@ -619,46 +677,199 @@ def refresh(runs_dir: Path, deep: bool = False, wait_s: float = 1.0, only: list[
     """Bring runs/index.duckdb up to date with the run directories; never raises on a lock.
 
     `only` names the run directories to look at (the engine passes the run it
-    just wrote, so the cost does not grow with the number of runs); a queued
-    ingest or a missing index makes it look at all of them. `deep` checks the
-    stat of every file, not only the directory and events.jsonl.
+    just wrote, so the cost does not grow with the number of runs); complete run
+    directories missing from the index, and indexed runs whose directory is
+    gone, are always looked at too (a listing of runs/ against the indexed ids).
+    A queued ingest or a missing index makes it look at all of them. `deep`
+    checks the stat of every file, not only the directory and events.jsonl.
+    An index DuckDB cannot read is moved aside (one line on stderr) and rebuilt.
     Returns counts: new, changed, unchanged, removed, incomplete; plus "queued": True
-    (and "message") when the file was locked and the ingest was left for later.
+    (and "message") when the file was locked and the ingest was left for later;
+    "rebuilt" names the file moved aside when the index was corrupt.
     """
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    _remove_litter(runs_dir)
+    try:
+        out = _refresh_once(runs_dir, deep, wait_s, only)
+    except IndexCorrupt as e:
+        aside = move_aside(runs_dir, str(e))
+        out = _refresh_once(runs_dir, deep, wait_s, None)
+        out["rebuilt"] = aside.name if aside else None
+    out.setdefault("queued", False)
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+def _refresh_once(runs_dir: Path, deep: bool, wait_s: float, only: list[str] | None) -> dict[str, Any]:
+    import duckdb
+
     pending = runs_dir / PENDING_FILE
     queued_before = _read_pending(pending)
-    t0 = time.perf_counter()
     if not index_path(runs_dir).exists():
         out = _build_fresh(runs_dir, deep)
     else:
         try:
             con = connect(runs_dir, read_only=False, wait_s=wait_s)
         except IndexBusy as e:
-            pending.write_text(json.dumps({"queued_at": datetime.now(timezone.utc).isoformat(),
-                                           "pid": os.getpid(), "runs": only, "reason": str(e)}) + "\n")
+            _write_pending(pending, only, str(e))
             return {"queued": True, "message": f"index busy; ingest queued in {pending} for the next refresh"}
         try:
-            if not _ensure_schema(con):
-                con.close()
-                index_path(runs_dir).unlink()
-                return refresh(runs_dir, deep, wait_s)
-            out = _refresh_into(con, runs_dir, deep, None if queued_before is not None else only)
-            if out["new"] + out["changed"] + out["removed"] >= CHECKPOINT_RUNS:
-                con.execute("CHECKPOINT")
-            else:
-                # a small change stays in the write-ahead log (readers replay it; DuckDB folds it in
-                # once it passes checkpoint_threshold): checkpointing on every close costs more
-                # than the ingest of one run
-                con.execute("PRAGMA disable_checkpoint_on_shutdown")
+            try:
+                fits = _ensure_schema(con)
+                if fits:
+                    scope = None if queued_before is not None else only
+                    if scope is not None:
+                        scope = _with_drift(con, runs_dir, scope)
+                    out = _refresh_into(con, runs_dir, deep, scope)
+                    if out["new"] + out["changed"] + out["removed"] >= CHECKPOINT_RUNS:
+                        con.execute("CHECKPOINT")
+                    else:
+                        # a small change stays in the write-ahead log (readers replay it; DuckDB folds it
+                        # in once it passes checkpoint_threshold): checkpointing on every close costs
+                        # more than the ingest of one run
+                        con.execute("PRAGMA disable_checkpoint_on_shutdown")
+            except duckdb.Error as e:
+                if _is_corrupt(e):
+                    raise IndexCorrupt(f"{index_path(runs_dir)}: {_first_line(e)}") from None
+                raise
         finally:
             con.close()
+        if not fits:
+            index_path(runs_dir).unlink()
+            Path(str(index_path(runs_dir)) + ".wal").unlink(missing_ok=True)
+            return _refresh_once(runs_dir, deep, wait_s, None)
     if queued_before is not None and _read_pending(pending) == queued_before:
         pending.unlink(missing_ok=True)  # a marker queued while this refresh ran stays for the next one
-    out["queued"] = False
-    out["seconds"] = round(time.perf_counter() - t0, 3)
     return out
+
+
+def _write_pending(pending: Path, only: list[str] | None, reason: str) -> None:
+    """Queue an ingest for the next refresh: written whole or not at all (a kill leaves no half marker)."""
+    tmp = pending.with_name(f"{pending.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"queued_at": datetime.now(timezone.utc).isoformat(),
+                               "pid": os.getpid(), "runs": only, "reason": reason}) + "\n")
+    os.replace(tmp, pending)
+
+
+EXPECT_DIR = ".index-new"  # runs/.index-new/<run id>: a run written (or being written) and not yet indexed
+
+
+def expect(runs_dir: Path, run_id: str) -> None:
+    """Note, before a run directory is moved into place, that the index must take it in.
+
+    The refresh that ingests it removes the note; a build killed in between leaves it, and the
+    next build (even one with nothing to do: a listing of this small directory) refreshes.
+    """
+    d = Path(runs_dir) / EXPECT_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{run_id}.{os.getpid()}.tmp"
+    tmp.write_text(f"{os.getpid()}\n")
+    os.replace(tmp, d / run_id)
+
+
+def expected(runs_dir: Path) -> list[str]:
+    """Runs noted by `expect` that no refresh has taken in yet."""
+    try:
+        return sorted(n for n in os.listdir(Path(runs_dir) / EXPECT_DIR) if not n.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _clear_expected(con, runs_dir: Path) -> None:
+    """Remove the notes of runs now indexed, and of runs never moved into place by a build now gone."""
+    names = expected(runs_dir)
+    if not names:
+        return
+    have = {r for (r,) in con.execute("SELECT run_id FROM ingested WHERE run_id IN (SELECT unnest($ids))",
+                                      {"ids": names}).fetchall()}
+    d = Path(runs_dir) / EXPECT_DIR
+    for n in names:
+        done = n in have
+        if not done and not (Path(runs_dir) / n).exists():
+            try:
+                pid = int((d / n).read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            done = not pid or not _pid_alive(pid)
+        if done:
+            (d / n).unlink(missing_ok=True)
+
+
+def _run_names(runs_dir: Path) -> set[str]:
+    try:
+        return {e.name for e in os.scandir(runs_dir) if not e.name.startswith(".") and e.is_dir()}
+    except FileNotFoundError:
+        return set()
+
+
+def drift(con, runs_dir: Path) -> tuple[list[str], list[str]]:
+    """(complete run directories missing from the index, indexed runs whose directory is gone).
+
+    The cheap check behind self-healing: one listing of runs/ and one query of the ingested ids;
+    a directory not in the index costs one more stat (for its decision.json).
+    """
+    indexed = {r for (r,) in con.execute("SELECT run_id FROM ingested").fetchall()}
+    names = _run_names(Path(runs_dir))
+    missing = sorted(n for n in names - indexed if os.path.exists(os.path.join(runs_dir, n, "decision.json")))
+    return missing, sorted(indexed - names)
+
+
+def _with_drift(con, runs_dir: Path, only: list[str]) -> list[str]:
+    missing, gone = drift(con, runs_dir)
+    return sorted(set(only) | set(missing) | set(gone))
+
+
+def move_aside(runs_dir: Path, why: str) -> Path | None:
+    """Move a damaged index (and its write-ahead log) out of the way, saying so in one line."""
+    target = index_path(runs_dir)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    aside = target.with_name(f"{INDEX_FILE}.corrupt-{stamp}-{os.getpid()}")
+    moved = None
+    try:
+        os.replace(target, aside)
+        moved = aside
+    except FileNotFoundError:
+        pass
+    wal = Path(str(target) + ".wal")
+    try:
+        os.replace(wal, Path(str(aside) + ".wal"))
+    except FileNotFoundError:
+        pass
+    where = f"moved aside to {aside.name}" if moved else "removed"
+    print(f"factory: the run index cannot be read ({why}); {where}, rebuilding it from {runs_dir}",
+          file=sys.stderr)
+    old = sorted(runs_dir.glob(f"{INDEX_FILE}.corrupt-*"), key=lambda p: p.name, reverse=True)
+    kept = [p for p in old if not p.name.endswith(".wal")][:CORRUPT_KEEP]
+    for p in old:
+        if p not in kept and Path(str(p).removesuffix(".wal")) not in kept:
+            p.unlink(missing_ok=True)
+    return moved
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_litter(runs_dir: Path) -> None:
+    """Remove what a refresh killed part-way left: a half-built index, a half-written queue marker."""
+    try:
+        entries = [e.name for e in os.scandir(runs_dir) if e.name.startswith(f".{INDEX_FILE}.")
+                   or e.name.startswith(f"{PENDING_FILE}.")]
+    except FileNotFoundError:
+        return
+    for name in entries:
+        parts = name.split(".")
+        pid = next((int(p) for p in parts if p.isdigit()), None)
+        if pid is not None and pid != os.getpid() and not _pid_alive(pid):
+            (runs_dir / name).unlink(missing_ok=True)
 
 
 def _read_pending(pending: Path) -> str | None:
@@ -703,13 +914,42 @@ def rebuild(runs_dir: Path) -> dict[str, Any]:
 # --- reading -------------------------------------------------------------------------------
 
 def _ready(runs_dir: Path, log=None) -> None:
-    """Make sure there is an index to read, and take in a queued ingest if there is one."""
-    if not index_path(runs_dir).exists() or (runs_dir / PENDING_FILE).exists():
+    """Make sure the index holds every complete run directory before it is read.
+
+    Refreshes when there is no index, a queued ingest, a directory the index lacks (or an
+    indexed run whose directory is gone), or a file DuckDB cannot read (moved aside, rebuilt).
+    """
+    stale = not index_path(runs_dir).exists() or (runs_dir / PENDING_FILE).exists()
+    if not stale:
+        stale = _drifted(runs_dir)
+    if stale:
         if log and not index_path(runs_dir).exists():
             log(f"building {index_path(runs_dir)} from the run directories")
         res = refresh(runs_dir)
         if res.get("queued") and log:
             log(res["message"])
+
+
+def _drifted(runs_dir: Path) -> bool:
+    """Whether the index misses a run directory or cannot be read (a read-only look; False when busy)."""
+    import duckdb
+
+    try:
+        con = connect(runs_dir, read_only=True, wait_s=0.5)
+    except IndexCorrupt:
+        return True
+    except IndexBusy:
+        return False  # a writer is at work; the query reports it if it stays busy
+    try:
+        row = con.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
+        if row is None or row[0] != INDEX_SCHEMA:
+            return True
+        missing, gone = drift(con, runs_dir)
+        return bool(missing or gone)
+    except duckdb.Error:
+        return True  # an older layout, or a damaged table: refresh rebuilds
+    finally:
+        con.close()
 
 
 def query(runs_dir: Path, sql: str, params: Any = None) -> tuple[list[str], list[tuple]]:
@@ -721,12 +961,24 @@ def query(runs_dir: Path, sql: str, params: Any = None) -> tuple[list[str], list
         try:
             cur = con.execute(sql, params) if params is not None else con.execute(sql)
         except duckdb.Error as e:
-            raise FactoryError(f"sql: {str(e).splitlines()[0]}") from None
+            if "Corrupt database file" in str(e):
+                raise IndexCorrupt(f"{index_path(runs_dir)}: {_first_line(e)}") from None
+            raise FactoryError(f"sql: {_first_line(e)}") from None
         if cur.description is None:
             return [], []
         return [d[0] for d in cur.description], cur.fetchall()
     finally:
         con.close()
+
+
+def _query_healed(runs_dir: Path, sql: str, params: Any = None) -> tuple[list[str], list[tuple]]:
+    """`query`, and when it finds the file damaged: move it aside, rebuild, and run the statement again."""
+    try:
+        return query(runs_dir, sql, params)
+    except IndexCorrupt as e:
+        move_aside(Path(runs_dir), str(e))
+        refresh(Path(runs_dir))
+        return query(runs_dir, sql, params)
 
 
 def _fmt_cell(v: Any) -> str:
@@ -790,7 +1042,7 @@ def _shell(runs_dir: Path, fmt: str) -> int:
             continue
         buf = []
         try:
-            cols, rows = query(runs_dir, stmt)
+            cols, rows = _query_healed(runs_dir, stmt)
             if cols:
                 print_result(cols, rows, fmt)
         except FactoryError as e:
@@ -809,7 +1061,7 @@ def cli_sql(root: Path, query_text: str | None, fmt: str = "table") -> int:
         _ready(runs_dir, log=lambda m: print(m, file=sys.stderr))
         if query_text is None:
             return _shell(runs_dir, fmt)
-        cols, rows = query(runs_dir, query_text)
+        cols, rows = _query_healed(runs_dir, query_text)
         print_result(cols, rows, fmt)
         return 0
     except FactoryError as e:
@@ -822,7 +1074,7 @@ def cli_runs(root: Path, limit: int = 20) -> int:
     runs_dir = Path(root) / "runs"
     try:
         _ready(runs_dir, log=lambda m: print(m, file=sys.stderr))
-        cols, rows = query(
+        cols, rows = _query_healed(
             runs_dir,
             "SELECT run_id, created::DATE AS date, recipe, method, lr, decision, primary_suite, "
             "round(primary_baseline, 3) AS baseline, round(primary_candidate, 3) AS candidate, "

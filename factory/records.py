@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from factory.errors import FactoryError
 
@@ -45,6 +45,15 @@ class FileRef(BaseModel):
     path: str = Field(description="path relative to the run directory")
     digest: str = Field(description="xxh3-128 hex digest of the file's bytes")
     size: int | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, v: str) -> str:
+        # a record names files of its own directory: never an absolute path or one that climbs out
+        parts = v.replace("\\", "/").split("/")
+        if not v or v.startswith(("/", "\\")) or ".." in parts or (len(v) > 1 and v[1] == ":") or "\0" in v:
+            raise ValueError(f"{v!r} is not a path inside the run directory (relative, without '..')")
+        return v
 
 
 # --- config.json ---------------------------------------------------------------
@@ -318,6 +327,10 @@ def read_record(path: Path, cls: type[BaseModel] | None = None) -> BaseModel:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise FactoryError(f"{path}: missing") from None
+    except UnicodeDecodeError as e:
+        raise FactoryError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except IsADirectoryError:
+        raise FactoryError(f"{path}: a directory, not a file") from None
     except json.JSONDecodeError as e:
         raise FactoryError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
     try:
@@ -332,14 +345,20 @@ def read_jsonl(path: Path, cls: type[BaseModel] | None = None) -> list[BaseModel
     path = Path(path)
     cls = cls or JSONL_FILES[path.name]
     out = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(cls.model_validate_json(line))
-            except ValidationError as e:
-                raise FactoryError(f"{path}:{n}: {_describe(e)}") from None
+    n = 0
+    try:
+        with open(path) as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    out.append(cls.model_validate_json(line))
+                except ValidationError as e:
+                    raise FactoryError(f"{path}:{n}: {_describe(e)}") from None
+    except UnicodeDecodeError:
+        raise FactoryError(f"{path}:{n + 1}: not UTF-8 text") from None
+    except IsADirectoryError:
+        raise FactoryError(f"{path}: a directory, not a file") from None
     return out
 
 

@@ -168,14 +168,16 @@ def finish_run(session, recipe: str) -> Path:
     if existing is not None:
         if any(e["status"] != "hit" for e in events):
             _append_events(existing, events)
-            _refresh_index(session, existing)
+        # also when nothing was built: the refresh takes in any run an earlier, killed build left out
+        _refresh_index(session, existing)
         return existing
 
     runs_dir = session.root / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     date = datetime.now().strftime("%Y-%m-%d")
     run_id = f"{date}-{recipe}-{rkey[:8]}"
-    staging = Path(tempfile.mkdtemp(dir=runs_dir, prefix=".tmp-"))
+    _remove_dead_staging(runs_dir)
+    staging = Path(tempfile.mkdtemp(dir=runs_dir, prefix=f".tmp-{os.getpid()}-"))
     try:
         plan = session.plan(recipe)
         for name, key in keys.items():
@@ -215,6 +217,9 @@ def finish_run(session, recipe: str) -> Path:
         dest = runs_dir / run_id
         if dest.exists():  # same key built earlier today but left incomplete
             shutil.rmtree(dest)
+        from factory import index
+
+        index.expect(runs_dir, run_id)  # a kill from here to the refresh: the next build refreshes
         os.replace(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -254,6 +259,21 @@ def training_plan(session, plan, keys: dict[str, str]) -> dict[str, Any]:
     return {"schema_version": "1.0", "recipe": plan.recipe.name, "final": plan.final_train, "steps": steps}
 
 
+def _remove_dead_staging(runs_dir: Path) -> None:
+    """Remove the staging directories of builds that died before moving them into place
+    (`.tmp-<pid>-*` whose process is gone; a kill -9 runs no cleanup)."""
+    for d in runs_dir.glob(".tmp-*"):
+        pid = d.name.split("-")[1] if d.name.count("-") >= 2 else ""
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
 def _append_events(run_dir: Path, events: list[dict[str, Any]]) -> None:
     with open(run_dir / "events.jsonl", "a") as f:
         for e in events:
@@ -276,12 +296,23 @@ def _after_run(session, recipe: str, run_dir: Path, keys: dict[str, str]) -> Non
 
 
 def _refresh_index(session, run_dir: Path) -> None:
+    """Take the run (and any complete run the index lacks) into runs/index.duckdb.
+
+    The index is derived: a build never fails because of it. What this refresh leaves out,
+    the next build's refresh or `factory sql` / `factory runs` takes in (they compare the run
+    directories with the indexed ids before they answer), so the messages below are true.
+    """
     try:
         from factory import index
 
-        index.refresh(session.root / "runs", only=[run_dir.name])
-    except Exception as e:  # the index is derived; a build never fails because of it
-        print(f"factory: index not refreshed ({e}); `factory sql` will catch up", file=sys.stderr)
+        res = index.refresh(session.root / "runs", only=[run_dir.name])
+    except Exception as e:
+        print(f"factory: {run_dir.name} not in the run index yet ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+              "the next build or `factory sql` takes it in", file=sys.stderr)
+        return
+    if res.get("queued"):
+        print(f"factory: the run index is busy; {run_dir.name} is taken in by the next build or `factory sql`",
+              file=sys.stderr)
 
 
 def resolve_run(root: Path, ref: str) -> Path:

@@ -18,6 +18,7 @@ from typing import Any
 from doit.exceptions import TaskFailed
 
 from factory import fastpath
+from factory.cli import install_interrupt_hook as _install_interrupt_hook
 from factory.project import find_root
 
 DOIT_CONFIG = {
@@ -27,6 +28,7 @@ DOIT_CONFIG = {
 }
 
 ROOT = find_root()
+_install_interrupt_hook("doit")  # Ctrl-C during a build: one line, exit 130
 # doit opens its database before it asks for tasks, so its folder must exist first.
 (ROOT / "cache").mkdir(exist_ok=True)
 
@@ -120,6 +122,12 @@ def _run_uptodate(recipe: str) -> bool:
     return ok
 
 
+def _index_current() -> bool:
+    from factory.index import expected
+
+    return not expected(ROOT / "runs")
+
+
 def _finish(recipe: str):
     from factory.errors import FactoryError
     from factory.runs import finish_run
@@ -187,7 +195,8 @@ def task_recipe():
             "doc": graph["doc"],
             "actions": [(_finish, [name])],
             "task_dep": [f"stage:{name}.{s}" for s, _, _ in graph["stages"]],
-            "uptodate": [True] if fast else [(_run_uptodate, [name])],
+            # not up to date while a run waits for the index (a build killed before its refresh)
+            "uptodate": ([True] if fast else [(_run_uptodate, [name])]) + [(_index_current, [])],
             "verbosity": 2,
         }
 

@@ -15,6 +15,7 @@ is to catch a file changed after the fact.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,9 @@ def _check_refs(run_dir: Path, refs: list[Any], owner: str) -> tuple[list[str], 
     for ref in refs:
         digests[ref.path] = ref.digest
         p = run_dir / ref.path
+        if not p.resolve().is_relative_to(run_dir.resolve()):
+            problems.append(f"{ref.path}: leads outside the run directory (named by {owner})")
+            continue
         if not p.is_file():
             problems.append(f"{ref.path}: missing (named by {owner})")
             continue
@@ -171,7 +175,9 @@ def validate_run(run_dir: Path) -> list[str]:
     if manifest is not None:
         for name, digest in sorted(manifest.files.items()):
             p = run_dir / name
-            if not p.exists():
+            if not p.resolve().is_relative_to(run_dir.resolve()):
+                problems.append(f"{name}: leads outside the run directory (named by run_manifest.json)")
+            elif not p.exists():
                 problems.append(f"{name}: missing (named by run_manifest.json)")
             elif p.is_file() and hashing.hash_file(p) != digest:
                 problems.append(f"{name}: digest does not match run_manifest.json")
@@ -226,12 +232,19 @@ def cli_render(run_dir: str) -> int:
     path = Path(run_dir)
     if not path.is_dir():
         raise FactoryError(f"{run_dir}: not a run directory")
+    if not any((path / n).is_file() for n in ("config.json", "decision.json", "run_manifest.json",
+                                               "eval-candidate.json", "eval-baseline.json", "train.json")):
+        raise FactoryError(f"{run_dir}: not a run directory (no config.json, decision.json, run_manifest.json, "
+                           "eval or train record)")
     config: dict[str, Any] = {}
     if (path / "config.json").is_file():
-        raw = json.loads((path / "config.json").read_text())
-        config = {"recipe": raw.get("recipe"), "goal": raw.get("goal"), "primary": (raw.get("evals") or {}).get("primary")}
+        raw = read_record(path / "config.json", RunConfig)
+        evals = raw.evals if isinstance(raw.evals, dict) else {}
+        config = {"recipe": raw.recipe, "goal": raw.goal, "primary": evals.get("primary")}
     ev = gather({k: path for k in ("decide", "eval-baseline", "eval-candidate", "train", "dataset")}, config)
-    console = Console(highlight=False)
+    tty = sys.stdout.isatty()
+    # piped or redirected output is not cut at 80 columns
+    console = Console(highlight=False, width=None if tty else 200)
     colour = {"ship": "green", "rework": "yellow", "reject": "red", "blocked": "magenta"}
     d = ev.decision
     if d is not None:
@@ -241,9 +254,9 @@ def cli_render(run_dir: str) -> int:
         for b in d.blocked_by:
             body += f"\nblocked by: {b}"
         console.print(Panel(body, title=f"{config.get('recipe') or path.name}: {d.decision.upper()}",
-                            border_style=colour.get(d.decision, "white")))
+                            border_style=colour.get(d.decision, "white"), expand=tty))
     else:
-        console.print(Panel("no decision.json yet", title=str(path.name)))
+        console.print(Panel("no decision.json yet", title=str(path.name), expand=tty))
 
     rows = criteria_rows(ev)
     if rows:

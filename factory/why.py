@@ -8,6 +8,7 @@ is told in words: a config field, the code, or an input's digest, old vs new.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,13 +21,13 @@ def _latest_keys(root: Path, recipe: str) -> dict[str, str]:
     for m in (root / "runs").glob(f"*-{recipe}-*/run_manifest.json"):
         try:
             data = json.loads(m.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8, not JSON: not a run to compare with
             continue
-        if data.get("recipe") != recipe:
+        if not isinstance(data, dict) or data.get("recipe") != recipe or not isinstance(data.get("stage_keys"), dict):
             continue
-        stamp = data.get("created", "")
+        stamp = str(data.get("created", ""))
         if best is None or stamp > best[0]:
-            best = (stamp, data.get("stage_keys", {}))
+            best = (stamp, data["stage_keys"])
     return best[1] if best else {}
 
 
@@ -69,7 +70,11 @@ def explain(root: Path, recipe: str) -> list[str]:
             continue
         stale.add(name)
         old_key = previous.get(name)
+        if not (isinstance(old_key, str) and re.fullmatch(r"[0-9a-f]{8,128}", old_key)):
+            old_key = None  # a run manifest edited by hand names no store path
         old = s.store.manifest(old_key) if old_key else None
+        if old is not None and not isinstance(old.get("material"), dict):
+            old = None
         if old is None or "material" not in old:
             why = "never built" if not old_key else f"previous build {old_key[:12]} is no longer in the store"
             lines.append(f"{name}: stale ({why})")

@@ -127,7 +127,7 @@ class HFFamily:
         if ctx.method == "dpo-lora":
             steps = max(50, min(1000, -(-max(ctx.train_rows, 1) // batch)))  # one pass over the pairs
             return {"steps": steps, "lr": 5e-5, "batch_size": batch, "micro_batch_size": 4 if gpu else 2,
-                    "beta": 0.1, "warmup_steps": max(1, steps // 20), "max_len": 1024}
+                    "beta": 0.1, "warmup_steps": max(1, steps // 20), "max_len": 1024, **_threads(ctx)}
         # About two epochs, bounded: small sets still get enough updates, big ones do not run for days.
         steps = max(100, min(2000, -(-2 * max(ctx.train_rows, 1) // batch)))
         return {
@@ -138,6 +138,7 @@ class HFFamily:
             "warmup_steps": max(1, steps // 20),
             "eval_every": max(50, steps // 10),
             "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "auto"},
+            **_threads(ctx),
         }
 
     def trainer(self, method: str) -> Callable[[Any], None]:
@@ -279,3 +280,11 @@ def _positions(config: Any) -> int | None:
 @hookimpl
 def register_model_families(register):
     register(HFFamily())
+
+
+def _threads(ctx: TrainDefaultsContext) -> dict[str, Any]:
+    """An explicit CPU thread count, so the train key names it: another count gives other bytes."""
+    from factory.ml.threads import default_threads
+
+    n = default_threads(ctx.device)
+    return {} if n is None else {"threads": n}

@@ -96,14 +96,20 @@ def test_refresh_reads_only_new_runs(project, monkeypatch):
     assert q(runs_dir, "SELECT count(*) FROM runs")[0][0] == first["new"] + 3
 
 
-def test_refresh_only_looks_at_the_named_runs(project):
+def test_refresh_only_rereads_the_named_runs_but_catches_up_missing_ones(project):
     runs_dir = project / "runs"
     index.refresh(runs_dir)
+    first = _complete(runs_dir)[0]
+    cfg = json.loads((first / "config.json").read_text())
+    _replace(first / "config.json", json.dumps({**cfg, "goal": "edited"}))
     added = make_runs(runs_dir, 2, seed=3, start=N_RUNS, incomplete_every=0)
     res = index.refresh(runs_dir, only=[added[0].name])
-    assert res["new"] == 1
-    assert q(runs_dir, "SELECT count(*) FROM runs WHERE run_id = ?", [added[1].name])[0][0] == 0
-    assert index.refresh(runs_dir)["new"] == 1
+    # the named run, and the complete run the index lacks (a build killed before its refresh)
+    assert res["new"] == 2 and res["changed"] == 0
+    assert q(runs_dir, "SELECT count(*) FROM runs WHERE run_id = ?", [added[1].name])[0][0] == 1
+    # an indexed run that is not named is not re-read: that takes a full refresh
+    assert q(runs_dir, "SELECT goal FROM runs WHERE run_id = ?", [first.name])[0][0] == cfg["goal"]
+    assert index.refresh(runs_dir)["changed"] == 1
 
 
 def _replace(path: Path, text: str) -> None:

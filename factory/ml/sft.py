@@ -85,7 +85,9 @@ class SFTParams(BaseModel):
     eval_rows: int = Field(256, ge=0, description="held-out rows used for the held-out loss")
     checkpoint_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
     precheck_samples: int = Field(3, ge=0, description="renderings shown by the pre-check")
-    threads: int | None = Field(None, ge=1, description="CPU threads; default: the cores free at start")
+    threads: int | None = Field(
+        None, ge=1, le=256,
+        description="CPU threads over all processes (part of the key: another count gives other bytes); default 1")
     lora: LoraParams = Field(default_factory=LoraParams)
     method: str = "sft-lora"
     processes: int = Field(1, ge=1, description="training processes (torchrun DDP when > 1)")
@@ -306,6 +308,80 @@ def _set_rng(tensors: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+CHECKPOINT_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, "optimizer.safetensors", "rng.safetensors", "state.json")
+
+
+def _whole_safetensors(path: Path) -> bool:
+    """The file holds at least the header it announces (a kill mid-write leaves less)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return False
+    return len(head) == 8 and 8 + int.from_bytes(head, "little") <= size
+
+
+def _valid_checkpoint(ckdir: Path, pointer: str) -> str | None:
+    """The directory a pointer file names, when it and every file of its checkpoint are whole."""
+    try:
+        ptr = json.loads((ckdir / pointer).read_text())
+        name = ptr["dir"]
+        if not isinstance(name, str) or not name.startswith("step-") or "/" in name or "\\" in name:
+            return None
+        d = ckdir / name
+        state = json.loads((d / "state.json").read_text())
+        if state.get("step") != ptr.get("step"):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not all((d / f).is_file() for f in CHECKPOINT_FILES):
+        return None
+    if not all(_whole_safetensors(d / f) for f in CHECKPOINT_FILES if f.endswith(".safetensors")):
+        return None
+    return name
+
+
+def clean_work(work: Path) -> list[str]:
+    """Remove what a dead build left in its work directory that is not a valid checkpoint.
+
+    Kept: the checkpoint `last.json` points at (and `best.json`'s, when `last` is valid), their
+    pointers, and train.log (cut back to the checkpoint's step when training resumes). Everything
+    else goes: half-written checkpoint directories, a launch spec, files from a killed worker.
+    Returns the names removed, relative to `work`.
+    """
+    work = Path(work)
+    if not work.is_dir():
+        return []
+    ckdir = work / "checkpoints"
+    keep: set[str] = set()
+    last = _valid_checkpoint(ckdir, "last.json") if ckdir.is_dir() else None
+    if last is not None:
+        keep = {"last.json", last}
+        best = _valid_checkpoint(ckdir, "best.json")
+        if best is not None:
+            keep |= {"best.json", best}
+    removed = []
+
+    def drop(p: Path) -> None:
+        removed.append(p.relative_to(work).as_posix())
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+    for entry in sorted(work.iterdir()):
+        if entry.name == "checkpoints" and entry.is_dir() and not entry.is_symlink():
+            for c in sorted(entry.iterdir()):
+                if c.name not in keep:
+                    drop(c)
+        elif entry.name == "train.log" and last is not None and entry.is_file():
+            continue
+        else:
+            drop(entry)
+    return removed
+
+
 class Checkpoints:
     """`work/checkpoints/step-N/` directories, with `last.json` and `best.json` pointing at them.
 
@@ -425,8 +501,6 @@ def _train(ctx: Any, lm: Any, params: SFTParams) -> None:
     import torch
 
     from factory.ml.lora import resolve_targets
-    from factory.ml.threads import free_cores
-
     # peft calls a transformers accessor that warns on every use; it is not ours to fix.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     t_start = time.perf_counter()
@@ -435,7 +509,10 @@ def _train(ctx: Any, lm: Any, params: SFTParams) -> None:
     rank, world = _dist_setup(params, device)
     main = rank == 0
     log = ctx.log if main else (lambda *_: None)
-    threads = params.threads or max(1, free_cores() // world)
+    # Exactly the configured count, never the cores free at the moment: another thread count splits
+    # the sums of a matrix product differently and the adapter comes out bitwise different, so the
+    # count is in the key (the families put an explicit one in their defaults).
+    threads = max(1, (params.threads or 1) // world)
     if device.type == "cpu":
         torch.set_num_threads(threads)
 
@@ -491,6 +568,8 @@ def _train(ctx: Any, lm: Any, params: SFTParams) -> None:
     # -- resume
     work = Path(ctx.work) if ctx.work is not None else Path(tempfile.mkdtemp(prefix="sft-"))
     work.mkdir(parents=True, exist_ok=True)
+    if world == 1:  # under torchrun the launcher cleaned it, before any worker started
+        _log_cleaned(log, clean_work(work))
     ckpts = Checkpoints(work)
     log_path = work / "train.log"
     start_step, best_loss, best_step, elapsed0, resumed = 0, math.inf, None, 0.0, None
@@ -686,10 +765,60 @@ def _progress(main: bool, total: int, start: int):
 # --- several processes -----------------------------------------------------------
 
 
+def _log_cleaned(log: Any, removed: list[str]) -> None:
+    if removed:
+        shown = ", ".join(removed[:4]) + (f" and {len(removed) - 4} more" if len(removed) > 4 else "")
+        log(f"removed what an earlier build left in the work directory: {shown}")
+
+
+def die_with_parent(sig: int | None = None) -> None:
+    """Ask Linux to send this process `sig` (SIGKILL by default) when its parent dies (prctl PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(sig if sig is not None else signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def watch_builder(pid: int, interval_s: float = 1.0) -> None:
+    """End this process as soon as the build process `pid` is gone (a thread; the parent-death
+    signal alone does not reach a worker whose own parent, torchrun, outlives the build)."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                pass
+            time.sleep(interval_s)
+
+    threading.Thread(target=watch, name="factory-builder-watch", daemon=True).start()
+
+
 def _launch_torchrun(ctx: Any, params: SFTParams) -> None:
-    """Run this trainer in `processes` processes under torchrun and wait for them."""
+    """Run this trainer in `processes` processes under torchrun and wait for them.
+
+    The workers die with the build: torchrun gets a parent-death signal (SIGTERM, which it passes
+    on to its workers), every worker gets one from torchrun and watches the build's pid itself
+    (torchrun starts them in sessions of their own, so a kill of the build's process group does
+    not reach them), and an interrupted wait here stops torchrun before re-raising.
+    """
+    import signal
+
+    from factory.ml.threads import check_processes
+
+    check_processes(params.processes, str(params.device))
     work = Path(ctx.work) if ctx.work is not None else Path(tempfile.mkdtemp(prefix="sft-"))
     work.mkdir(parents=True, exist_ok=True)
+    _log_cleaned(ctx.log, clean_work(work))
     family = params.family or getattr(ctx.extra.get("family"), "name", None)
     loader = ctx.extra.get("loader")
     if not family and not loader:
@@ -705,7 +834,18 @@ def _launch_torchrun(ctx: Any, params: SFTParams) -> None:
            "--module", "factory.ml.sft_worker", str(spec_path)]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
+    env["FACTORY_BUILDER_PID"] = str(os.getpid())
     ctx.log(f"launching {params.processes} training processes: {' '.join(cmd)}")
-    proc = subprocess.run(cmd, env=env)
-    if proc.returncode != 0:
-        raise FactoryError(f"train.processes: torchrun with {params.processes} processes failed (exit {proc.returncode}); see the output above")
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=lambda: die_with_parent(signal.SIGTERM))
+    try:
+        returncode = proc.wait()
+    except BaseException:
+        proc.terminate()  # torchrun stops its workers on SIGTERM
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+    if returncode != 0:
+        raise FactoryError(f"train.processes: torchrun with {params.processes} processes failed (exit {returncode}); see the output above")

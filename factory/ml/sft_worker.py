@@ -20,6 +20,13 @@ def main(argv: list[str]) -> int:
     from factory.ml.sft import train_sft_lora
     from factory.stages import BuildContext
 
+    from factory.ml.sft import die_with_parent, watch_builder
+
+    # Die with the build: torchrun (the parent) may itself be killed without passing a signal on.
+    die_with_parent()
+    builder = os.environ.get("FACTORY_BUILDER_PID")
+    if builder and builder.isdigit():
+        watch_builder(int(builder))
     spec = json.loads(Path(argv[0]).read_text())
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = str(spec["config"].get("device") or "auto")

@@ -1,4 +1,4 @@
-"""How many CPU threads torch should use: the cores that are actually free now.
+"""CPU threads and training processes: the cores that are free now, and what the machine can hold.
 
 `os.cpu_count()` counts cores other work is already using; oversubscribing
 them is much slower than using fewer threads (measured: 2 threads with the
@@ -53,3 +53,69 @@ def free_cores(sample_s: float = 0.2) -> int:
     # Round down: a core busy 40% of the time is not free for a thread that wants it all.
     idle = int(idle_frac * total + 0.25)
     return max(1, min(allowed, idle))
+
+
+# --- bounds checked before anything starts ---------------------------------------------------
+
+# What one training process needs at the least (an interpreter with torch and a small model
+# loaded): a bound on how many the machine's memory can hold, not an estimate of a real run.
+PROCESS_MIN_BYTES = 512 * 1024 * 1024
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new processes now (MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def cuda_devices() -> int | None:
+    """GPUs this process may use, from the driver's listing and CUDA_VISIBLE_DEVICES (no torch import)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"])
+    try:
+        return len(os.listdir("/proc/driver/nvidia/gpus")) or None
+    except OSError:
+        return None
+
+
+def max_processes(device: str) -> tuple[int, str]:
+    """The most training processes this machine can run on `device`, and what bounds it."""
+    cores = allowed_cores()
+    limit, why = cores, f"{cores} CPU core{'s' if cores != 1 else ''}"
+    mem = available_memory()
+    if mem is not None and mem // PROCESS_MIN_BYTES < limit:
+        limit = max(1, mem // PROCESS_MIN_BYTES)
+        why = f"{mem / 2**30:.1f} GiB of available memory ({PROCESS_MIN_BYTES // 2**20} MiB each)"
+    if str(device).startswith("cuda"):
+        gpus = cuda_devices()
+        if gpus and gpus < limit:
+            limit, why = gpus, f"{gpus} GPU{'s' if gpus != 1 else ''}"
+    return limit, why
+
+
+def check_processes(processes: int, device: str) -> None:
+    """Raise FactoryError naming train.processes when this machine cannot run that many processes."""
+    from factory.errors import FactoryError
+
+    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+        raise FactoryError(f"train.processes: {processes!r} is not a positive whole number")
+    if processes == 1:
+        return
+    limit, why = max_processes(device)
+    if processes > limit:
+        raise FactoryError(f"train.processes: {processes} processes on {device}, but this machine has {why}: "
+                           f"at most {limit}")
+
+
+def default_threads(device: str) -> int | None:
+    """The thread count a family puts in the train key on CPU (None on GPU, where it does not change bytes)."""
+    if str(device).startswith("cuda"):
+        return None
+    return max(1, min(2, allowed_cores()))

@@ -13,7 +13,6 @@ pretraining, LoRA training and evaluation all render prompts with
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -96,8 +95,8 @@ class TinyFamily:
             batch = int(ctx.intent.get("batch_size", 16))
             steps = min(600, max(50, 50 * round(ctx.train_rows / batch / 50)))
             return {"steps": steps, "lr": 5e-5, "batch_size": batch, "beta": 0.1, "sft_weight": 1.0, "seed": 0,
-                    "warmup_steps": 10, "max_len": 160, "threads": min(2, os.cpu_count() or 1),
-                    "precision": "bf16" if native_bf16() else "fp32"}
+                    "warmup_steps": 10, "max_len": 160, "precision": "bf16" if native_bf16() else "fp32",
+                    **_threads(ctx)}
         # Eleven passes over the task rows, whatever share of each batch the recipe gives to replayed
         # breadth rows (half by default). Measured on the planner with the bf16 base (81% breadth):
         # a quarter of replay over 750 steps (6.5 passes) reached 97.6% with breadth 3.3 points
@@ -117,6 +116,7 @@ class TinyFamily:
             "max_len": 160,
             "precision": "bf16" if native_bf16() else "fp32",
             "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": list(LORA_TARGETS)},
+            **_threads(ctx),
         }
 
     def trainer(self, method: str) -> Callable[[Any], None]:
@@ -171,3 +171,11 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _threads(ctx: TrainDefaultsContext) -> dict[str, Any]:
+    """An explicit CPU thread count, so the train key names it: another count gives other bytes."""
+    from factory.ml.threads import default_threads
+
+    n = default_threads(ctx.device)
+    return {} if n is None else {"threads": n}

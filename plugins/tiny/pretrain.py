@@ -349,14 +349,11 @@ def build(breadth_dir: Path, out: Path, options: dict[str, Any], model_id: str =
             progress=lambda step, loss: bar.update(task, completed=step, loss=loss),
         )
 
-    # Generation does not touch the weights, so here the free cores are used.
-    from factory.ml.threads import free_cores
-
-    torch.set_num_threads(free_cores())
+    # The held-out check's answers go into base.json, and greedy decoding on another thread count can
+    # break a near tie the other way: it runs on the same `threads` as pretraining, not the free cores.
     t_check = time.perf_counter()
     check = heldout_check(lm, heldout_rows, opts.eval_rows, opts.seed)
     check_s = time.perf_counter() - t_check
-    torch.set_num_threads(threads)
     model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
     n_params = sum(p.numel() for p in model.parameters())
