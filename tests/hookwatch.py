@@ -25,9 +25,10 @@ def note(**event):
 class WatchedFamily(enginekit.Fake):
     name = "watched"
 
-    def build_base(self, ctx):
-        note(call="family.build_base", stage=ctx.stage, config=ctx.config)
-        super().build_base(ctx)
+    def default_train_params(self, ctx):
+        note(call="family.default_train_params", type=type(ctx).__name__, method=ctx.method,
+             train_rows=ctx.train_rows, heldout_rows=ctx.heldout_rows)
+        return super().default_train_params(ctx)
 
 
 class WatchedLines(enginekit.Lines):

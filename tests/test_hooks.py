@@ -49,8 +49,11 @@ def test_hook_register_model_families(watched):
     project, events = watched
     assert calls(events, "register_model_families")[0] == {
         "call": "register_model_families", "register_callable": True, "name": "watched"}
-    (built,) = calls(events, "family.build_base")  # the recipe's family is the one registered
-    assert built["stage"] == "base" and built["config"] == {"size": 1}  # what resolve_base returned
+    asked = calls(events, "family.default_train_params")  # the recipe's family is the one registered
+    assert asked and asked[0] == {"call": "family.default_train_params", "type": "TrainDefaultsContext",
+                                  "method": "sft-lora", "train_rows": 40, "heldout_rows": 10}
+    (run,) = project.runs()
+    assert json.loads((run / "config.json").read_text())["train"]["rows"] == 40  # its defaults are used
 
 
 def test_hook_register_eval_suites(watched):
