@@ -76,3 +76,27 @@ def test_guide_covers_discovery_and_registry_rules():
     for needle in ("FACTORY_LOAD_PLUGINS", "factory plugins", "[project.entry-points.factory]",
                    "is taken", "registered model families", "inside the functions"):
         assert needle in guide, needle
+
+
+def test_interface_reference_is_current():
+    from factory import reference
+
+    committed = (ROOT / "docs" / "interfaces.md").read_text()
+    assert committed == reference.markdown(), "docs/interfaces.md is stale: python -m factory.reference > docs/interfaces.md"
+
+
+def _methods(tree: ast.AST, cls: str) -> dict[str, str]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            return {f.name: ast.dump(f) for f in node.body if isinstance(f, ast.FunctionDef)}
+    return {}
+
+
+def test_guide_family_snippet_is_the_example_plugins_code():
+    example = ast.parse((ROOT / "examples" / "factory-family-toy" / "factory_family_toy" / "family.py").read_text())
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", GUIDE.read_text(), flags=re.S) if "class ToyGPT2Family" in b]
+    shown = _methods(ast.parse(block), "ToyGPT2Family")
+    assert {"resolve_base", "trainer"} <= set(shown)
+    real = _methods(example, "ToyGPT2Family")
+    for name, dump in shown.items():
+        assert dump == real[name], f"the guide's ToyGPT2Family.{name} differs from the example plugin's"
