@@ -141,6 +141,18 @@ def cmd_verify(args) -> int:
     return cli_verify(args.path)
 
 
+def cmd_eval(args) -> int:
+    from factory.evalcmd import cli_eval
+
+    return cli_eval(_root(), args)
+
+
+def cmd_serve(args) -> int:
+    from factory.web import serve
+
+    return serve(_root(), host=args.host, port=args.port)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="factory",
@@ -182,6 +194,20 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("verify", help="recheck every digest of a packaged specialist")
     s.add_argument("path")
     s.set_defaults(fn=cmd_verify)
+    s = sub.add_parser("eval", help="run eval suites on a local model directory (optionally with an adapter)")
+    s.add_argument("model", help="a transformers model directory")
+    s.add_argument("--adapter", help="a LoRA adapter directory (or a train output holding adapter/)")
+    s.add_argument("--suite", action="append", help="a benchmark file, or [NAME=]SUITE[:OPTION=VALUE,...]; repeatable")
+    s.add_argument("--rows", help="JSONL rows (prompt, answer) for suites that read held-out rows")
+    s.add_argument("--limit", type=int, help="score only the first N rows of each suite")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--max-new-tokens", type=int, default=96)
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    s.set_defaults(fn=cmd_eval)
+    s = sub.add_parser("serve", help="browse runs in a local web app over the index (read-only)")
+    s.add_argument("--port", type=int, default=8765)
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    s.set_defaults(fn=cmd_serve)
     s = sub.add_parser("schemas", help="export the JSON Schema of every run file")
     s.add_argument("dest", nargs="?", default="docs/schemas")
     s.set_defaults(fn=cmd_schemas)

@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from factory import hashing
+from factory import hashing, samplecache
 from factory.errors import FactoryError
 from factory.records import EvalRecord, FileRef, ModelRef, SampleRecord, Score, SuiteResult, read_rows, write_record
 
@@ -45,32 +45,66 @@ def _scores(d: dict[str, Any]) -> dict[str, Score]:
     return {k: v if isinstance(v, Score) else Score.model_validate(v) for k, v in d.items()}
 
 
-def run_suite(suite: Any, lm: Any, rows: list[dict[str, Any]], settings: dict[str, Any], role: str, out: Path) -> SuiteResult:
-    """Run one suite and write its samples; a raising suite becomes a `failed` result."""
+def run_suite(
+    suite: Any, lm: Any, rows: list[dict[str, Any]], settings: dict[str, Any], role: str, out: Path,
+    name: str | None = None,
+) -> SuiteResult:
+    """Run one suite and write its samples under `name` (the instance; default the suite's own name).
+
+    A raising suite becomes a `failed` result.
+    """
+    name = name or suite.name
     result = SuiteResult(
-        suite=suite.name,
+        suite=name,
         version=str(suite.version),
         rows=len(rows),
         data_digest=hashing.digest_json(rows),
         primary_metric=suite.primary_metric,
     )
+    if name != suite.name:
+        result.instance_of = suite.name
+    from factory.ml.generate import collect_notes, progress_label
+
     try:
         if not rows:
-            raise FactoryError(f"suite {suite.name}: no {suite.needs} rows to score")
-        output = suite.evaluate(lm, rows, settings)
-        rel = samples_path(role, suite.name)
+            raise FactoryError(f"suite {name}: no {suite.needs} rows to score")
+        with collect_notes() as notes, progress_label(name):
+            output = suite.evaluate(lm, rows, settings)
+        if notes:
+            result.notes = list(notes)
+        rel = samples_path(role, name)
         write_samples(out / rel, output.samples)
         result.scores = _scores(output.scores)
         result.per_skill = _scores(output.per_skill or {})
         result.rows = len(output.samples)
         result.samples = FileRef(path=rel, digest=hashing.hash_file(out / rel), size=(out / rel).stat().st_size)
         if suite.primary_metric not in result.scores:
-            raise FactoryError(f"suite {suite.name}: no score for its primary metric {suite.primary_metric!r}")
+            raise FactoryError(f"suite {name}: no score for its primary metric {suite.primary_metric!r}")
     except Exception as e:  # recorded, not raised: the gate blocks on a failed suite
         result.status = "failed"
         result.error = f"{type(e).__name__}: {e}".splitlines()[0]
         result.traceback = traceback.format_exc(limit=8)
     return result
+
+
+def suite_spec(entry: Any) -> dict[str, Any]:
+    """A stage config's suite entry as {"name", "suite", "options"}.
+
+    Entries are a name, {"name", "version"}, or an instance {"name", "suite", "version", "options"};
+    a missing "suite" means the suite of that name, missing options mean {}.
+    """
+    if isinstance(entry, str):
+        return {"name": entry, "suite": entry, "options": {}}
+    return {"name": entry["name"], "suite": entry.get("suite") or entry["name"], "options": dict(entry.get("options") or {})}
+
+
+def _check_options(suite: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    model = getattr(suite, "Options", None)
+    if model is None:
+        return spec["options"]
+    from factory import options
+
+    return options.dump(model, spec["options"], f"evals.define.{spec['name']}.options")
 
 
 def build_eval(ctx: Any) -> None:
@@ -80,17 +114,31 @@ def build_eval(ctx: Any) -> None:
     if role not in ("baseline", "candidate"):
         raise FactoryError(f"eval stage {ctx.stage}: role must be baseline or candidate, not {role!r}")
     settings = dict(cfg.get("settings") or {})
-    # Suites come as names or as {"name", "version"} (the plan pins versions into the key).
-    names = [s["name"] if isinstance(s, dict) else s for s in cfg["suites"]]
-    suites = [ctx.registry.suites.get(name) for name in names]  # unknown names fail before loading
+    specs = [suite_spec(s) for s in cfg["suites"]]
+    suites = [ctx.registry.suites.get(spec["suite"]) for spec in specs]  # unknown names fail before loading
     limit = settings.get("limit")
 
     data: dict[str, list[dict[str, Any]]] = {}
-    for need in sorted({s.needs for s in suites}):
+    for need in sorted({s.needs for s in suites} - {"own"}):
         if need not in ctx.inputs:
             raise FactoryError(f"eval stage {ctx.stage}: a suite needs {need!r} rows but the stage has no such input")
         rows = read_rows(ctx.inputs[need])
         data[need] = rows[: int(limit)] if limit else rows  # file order is fixed by the dataset stage
+    # Suites with their own data (a benchmark file): read and checked before the model loads, so a
+    # malformed file is one line naming the file and its line, not a failed suite after minutes.
+    own: dict[str, list[dict[str, Any]]] = {}
+    for spec, suite in zip(specs, suites):
+        if suite.needs == "own":
+            opts = _check_options(suite, spec)
+            try:
+                rows = suite.load_rows(opts, Path(getattr(ctx, "root", ".")))
+            except FactoryError as e:
+                where = f"evals.define.{spec['name']}"
+                msg = str(e)
+                raise FactoryError(f"{where}.{msg}" if msg.startswith("options.") else f"{where}: {msg}") from None
+            # A suite that applies the limit itself (per task, say) gets all its rows.
+            cut = limit and not getattr(suite, "applies_limit", False)
+            own[spec["name"]] = rows[: int(limit)] if cut else rows
 
     adapter = adapter_dir_of(ctx.inputs.get("adapter"))
     if role == "candidate" and adapter is None:
@@ -100,21 +148,31 @@ def build_eval(ctx: Any) -> None:
     lm = family.load(Path(ctx.inputs["base"]), adapter, dict(cfg.get("load") or {}))
     load_s = time.perf_counter() - t0
 
+    base_digest = ctx.input_digests.get("base") or hashing.digest_tree(Path(ctx.inputs["base"]))
+    adapter_digest = hashing.digest_tree(adapter) if adapter is not None else None
+    root = getattr(ctx, "root", None)
+    cache = samplecache.for_model(Path(root), base_digest, adapter_digest, family.name, lm) if root else None
+
     results = []
     timings: dict[str, float] = {}
-    for suite in suites:
-        t = time.perf_counter()
-        results.append(run_suite(suite, lm, data[suite.needs], settings, role, Path(ctx.out)))
-        timings[suite.name] = round(time.perf_counter() - t, 3)
-        r = results[-1]
-        ctx.log(f"{ctx.stage}: {suite.name} {r.status} in {timings[suite.name]:.1f}s")
+    with samplecache.using(cache):
+        for spec, suite in zip(specs, suites):
+            name = spec["name"]
+            rows = own[name] if suite.needs == "own" else data[suite.needs]
+            per_suite = {**settings, "options": spec["options"], "name": name, "root": str(getattr(ctx, "root", "."))}
+            t = time.perf_counter()
+            results.append(run_suite(suite, lm, rows, per_suite, role, Path(ctx.out), name))
+            timings[name] = round(time.perf_counter() - t, 3)
+            r = results[-1]
+            ctx.log(f"{ctx.stage}: {name} {r.status} in {timings[name]:.1f}s")
+            for note in getattr(r, "notes", None) or []:
+                ctx.log(f"{ctx.stage}: {name}: {note}")
+    if cache is not None and (cache.hits or cache.misses):
+        ctx.log(f"{ctx.stage}: generations: {cache.hits} from the sample cache, {cache.misses} generated")
 
     record = EvalRecord(
         role=role,
-        model=ModelRef(
-            base_digest=ctx.input_digests.get("base") or hashing.digest_tree(Path(ctx.inputs["base"])),
-            adapter_digest=hashing.digest_tree(adapter) if adapter is not None else None,
-        ),
+        model=ModelRef(base_digest=base_digest, adapter_digest=adapter_digest),
         heldout_digest=ctx.input_digests.get("heldout"),
         suites=results,
         seconds=round(time.perf_counter() - t0, 3),

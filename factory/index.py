@@ -342,11 +342,21 @@ def _scan(runs_dir: Path, known: dict[str, str], deep: bool,
                     p = os.path.join(dirpath, n)
                     parts.append(os.path.relpath(p, path) + ":" + _stat_sig(os.stat(p)))
             sig += "/" + _digest_text("|".join(sorted(parts)))
-        if known.get(name) != sig and not os.path.exists(os.path.join(path, "decision.json")):
+        if known.get(name) != sig and not os.path.exists(os.path.join(path, "decision.json")) \
+                and not _eval_only(path):
             incomplete += 1
             continue
         found[name] = (Path(path), sig)
     return found, incomplete
+
+
+def _eval_only(path: str) -> bool:
+    """A `factory eval` run: complete without a decision (it appears whole, by rename)."""
+    try:
+        with open(os.path.join(path, "run_manifest.json")) as f:
+            return json.load(f).get("eval_only") is True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _digest_text(text: str) -> str:

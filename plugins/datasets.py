@@ -12,9 +12,10 @@ Top to bottom, for every raw row:
    trace rows ({"request", "action"}) become prompt and answer; rows that
    already have prompt and answer pass through;
 2. drop it, counting the reason, when it is `malformed`, `empty`, fails the
-   contract (`invalid_action`, `unknown_action`), is `non_ascii` (when
-   `ascii_only`), or `too_long` (prompt and answer over `max_chars`) - the
-   first reason that applies is the one counted;
+   contract (json-action: `invalid_action`, `unknown_action`; json-schema:
+   `invalid_json`, `schema_mismatch`), is `non_ascii` (when `ascii_only`), or
+   `too_long` (prompt and answer over `max_chars`) - the first reason that
+   applies is the one counted;
 3. dedup on the normalized prompt (lower case, whitespace collapsed): rows
    that differ only in case or spacing are one row, so near-duplicates cannot
    straddle the split; the cleanest spelling is kept, whatever the row order;
@@ -36,9 +37,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from factory import hashing
 from factory.errors import FactoryError
@@ -49,7 +51,6 @@ from factory.stages import StageKind
 __version__ = "1.0"
 
 REASONS = ("malformed", "empty", "invalid_action", "unknown_action", "non_ascii", "too_long", "duplicate")
-CONTRACTS = ("json-action",)
 SPLITS = ("train", "heldout")
 
 
@@ -65,7 +66,7 @@ class SourceSpec(BaseModel):
 
 
 class DatasetOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     max_chars: int = Field(512, gt=0, description="drop rows whose prompt and answer together are longer")
     ascii_only: bool = Field(True, description="drop rows with non-ASCII text")
@@ -73,32 +74,168 @@ class DatasetOptions(BaseModel):
         None,
         description="json-action contract: action name -> argument names; a trailing '?' marks an optional one",
     )
+    json_schema: dict[str, Any] | None = Field(
+        None, alias="schema", description="json-schema contract: the JSON Schema every answer must meet")
 
 
 class DatasetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sources: list[SourceSpec] = Field(min_length=1)
-    contract: Literal["json-action"] | None = Field(None, description="the row contract rows must meet")
+    contract: str | None = Field(None, description="the row contract rows must meet (see CONTRACTS)")
     heldout_fraction: float = Field(gt=0.0, lt=1.0, description="share of distinct rows held out")
     options: DatasetOptions = Field(default_factory=DatasetOptions)
+
+    # The plan validates a data section against this model: these make an unknown contract, or one
+    # without the options it needs, a plan-time error at the section's own field.
+    @field_validator("contract")
+    @classmethod
+    def _known_contract(cls, v: str | None) -> str | None:
+        problem = contract_problem(v, {}) if v is not None and v not in CONTRACTS else None
+        if problem is not None:
+            raise PydanticCustomError("unknown_contract", "{msg}", {"msg": problem[1]})
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _contract_options(cls, v: "DatasetOptions", info: ValidationInfo) -> "DatasetOptions":
+        problem = contract_problem(info.data.get("contract"), v.model_dump(by_alias=True, exclude_none=True))
+        if problem is not None:
+            field = problem[0].removeprefix("options.")
+            raise PydanticCustomError("contract_options", "{msg}", {"msg": f"{field}: {problem[1]}"})
+        return v
 
 
 def check_config(config: dict[str, Any], where: str = "data") -> DatasetConfig:
     """Validate a dataset stage config; errors name the field under `where` (e.g. 'recipes/x.yaml: data')."""
     from factory import options
 
+    check_contract(config.get("contract"), config.get("options") or {}, where)  # first: its fields are exact
     cfg = options.validate(DatasetConfig, config, where)
-    if cfg.contract == "json-action" and not cfg.options.actions:
-        raise FactoryError(
-            f"{where}.options.actions: the json-action contract needs the known actions "
-            "(action name -> list of argument names)"
-        )
     for i, src in enumerate(cfg.sources):
         split = src.options.get("split")
         if split is not None and split not in SPLITS:
             raise FactoryError(f"{where}.sources.{i}.options.split: must be one of {', '.join(SPLITS)}, not {split!r}")
     return cfg
+
+
+# --- contracts -----------------------------------------------------------------
+# A contract says what a row's answer must be. Without one (contract: null) a row needs a
+# non-empty string prompt and a non-empty answer; an answer that is not a string is kept as
+# canonical JSON. A contract checks each answer, keeps it in canonical form, and names the
+# reason when it drops one.
+
+class JsonActionContract(BaseModel):
+    """json-action: answers are {"action": <name>, "args": {...}} with a known action and its arguments."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    actions: dict[str, list[str]] = Field(
+        min_length=1, description="action name -> argument names; a trailing '?' marks an optional one")
+
+
+class JsonSchemaContract(BaseModel):
+    """json-schema: answers are JSON values valid under the recipe's JSON Schema (data.options.schema)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    json_schema: dict[str, Any] = Field(alias="schema", description="the JSON Schema every answer must meet")
+    _validator: Any = PrivateAttr(None)
+
+    def validator(self) -> Any:
+        """The schema's validator, built once per options object (a dataset stage checks many rows)."""
+        if self._validator is None:
+            self._validator = schema_validator(self.json_schema)
+        return self._validator
+
+
+def _parse_answer(answer: Any) -> tuple[Any, bool]:
+    if not isinstance(answer, str):
+        return answer, True
+    try:
+        return json.loads(answer), True
+    except ValueError:
+        return None, False
+
+
+def _check_action_answer(answer: Any, opts: JsonActionContract) -> tuple[Any, str | None]:
+    return check_action(answer, opts.actions)
+
+
+def schema_validator(schema: dict[str, Any]) -> Any:
+    """A jsonschema validator for `schema` (the draft the schema names, else the latest)."""
+    import jsonschema
+
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _check_schema_answer(answer: Any, opts: JsonSchemaContract) -> tuple[Any, str | None]:
+    value, ok = _parse_answer(answer)
+    if not ok:
+        return None, "invalid_json"
+    if not opts.validator().is_valid(value):
+        return None, "schema_mismatch"
+    return value, None
+
+
+class Contract:
+    """A row contract: the options it reads from data.options, and the checker of one answer."""
+
+    def __init__(self, options: type[BaseModel], check: Any, reasons: tuple[str, ...], summary: str) -> None:
+        self.options, self.check, self.reasons, self.summary = options, check, reasons, summary
+
+
+CONTRACTS: dict[str, Contract] = {
+    "json-action": Contract(JsonActionContract, _check_action_answer, ("invalid_action", "unknown_action"),
+                            'answers are {"action", "args"} with an action from data.options.actions'),
+    "json-schema": Contract(JsonSchemaContract, _check_schema_answer, ("invalid_json", "schema_mismatch"),
+                            "answers are JSON valid under data.options.schema"),
+}
+
+
+def contract_problem(name: str | None, options: dict[str, Any]) -> tuple[str, str] | None:
+    """What is wrong with a contract and its options: (field under the section, message), or None."""
+    if name is None:
+        return None
+    contract = CONTRACTS.get(name)
+    if contract is None:
+        known = ", ".join(sorted(CONTRACTS))
+        return "contract", f"unknown contract {name!r}; known: {known}, or null (prompt/answer rows, no answer check)"
+    try:
+        opts = contract.options.model_validate(options or {})
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        msg = "required by this contract" if first["type"] == "missing" else first["msg"]
+        return f"options.{loc}", f"{msg} (contract {name}: {contract.summary})"
+    if isinstance(opts, JsonSchemaContract):
+        import jsonschema
+
+        try:
+            schema_validator(opts.json_schema)
+        except jsonschema.SchemaError as e:
+            where = "/".join(str(p) for p in e.path)
+            return f"options.schema{'.' + where if where else ''}", f"not a valid JSON Schema: {e.message}"
+    return None
+
+
+def check_contract(name: str | None, options: dict[str, Any], field: str = "data") -> None:
+    """Plan-time check of a contract and the options it needs; a FactoryError names the field.
+
+    `field` is the recipe section (`data`, or `<file>: data`); errors name `<field>.contract` or
+    `<field>.options.<option>` and, for an unknown contract, list the known ones.
+    """
+    problem = contract_problem(name, options)
+    if problem is not None:
+        raise FactoryError(f"{field}.{problem[0]}: {problem[1]}")
+
+
+def contract_options(cfg: "DatasetConfig") -> BaseModel | None:
+    if cfg.contract is None:
+        return None
+    return CONTRACTS[cfg.contract].options.model_validate(cfg.options.model_dump(by_alias=True))
 
 
 # --- rows ----------------------------------------------------------------------
@@ -143,7 +280,8 @@ def check_action(answer: Any, actions: dict[str, list[str]]) -> tuple[dict[str, 
     return action, None
 
 
-def to_row(raw: dict[str, Any], cfg: DatasetConfig, fallback_id: str) -> tuple[dict[str, Any] | None, str | None]:
+def to_row(raw: dict[str, Any], cfg: DatasetConfig, fallback_id: str,
+           copts: BaseModel | None = None) -> tuple[dict[str, Any] | None, str | None]:
     """Map one raw row to a dataset row; (row, None) or (None, drop reason)."""
     if "_invalid" in raw:
         return None, "malformed"
@@ -162,6 +300,14 @@ def to_row(raw: dict[str, Any], cfg: DatasetConfig, fallback_id: str) -> tuple[d
         row["answer"] = canonical_action(action)
         row["skill"] = raw.get("skill") if isinstance(raw.get("skill"), str) else action["action"]
         check_text += json.dumps(action, ensure_ascii=False)  # escapes would hide non-ASCII values
+    elif cfg.contract is not None:
+        value, reason = CONTRACTS[cfg.contract].check(answer, copts or contract_options(cfg))
+        if reason is not None:
+            return None, reason
+        row["answer"] = canonical_action(value)
+        if isinstance(raw.get("skill"), str):
+            row["skill"] = raw["skill"]
+        check_text += json.dumps(value, ensure_ascii=False)
     else:
         row["answer"] = answer if isinstance(answer, str) else canonical_action(answer)
         if isinstance(raw.get("skill"), str):
@@ -216,12 +362,13 @@ class Prepared:
 def prepare(sources: list[tuple[str | None, Iterable[dict[str, Any]]]], cfg: DatasetConfig) -> Prepared:
     """Validate, dedup and split rows. `sources` holds (pinned split or None, raw rows) per source."""
     out = Prepared()
+    copts = contract_options(cfg)
     groups: dict[str, list[tuple[str | None, dict[str, Any]]]] = {}
     for s, (pin, rows) in enumerate(sources):
         n = 0
         for raw in rows:
             n += 1
-            row, reason = to_row(raw, cfg, fallback_id=f"{s}:{n}")
+            row, reason = to_row(raw, cfg, fallback_id=f"{s}:{n}", copts=copts)
             if row is None:
                 out.drop(reason or "malformed", str(raw.get("id") or f"{s}:{n}"))
                 continue
@@ -255,6 +402,29 @@ def prepare(sources: list[tuple[str | None, Iterable[dict[str, Any]]]], cfg: Dat
             row = {**row, "id": f"{row['id']}#{count + 1}"}
         (out.heldout if split == "heldout" else out.train).append(row)
     return out
+
+
+def empty_split_message(where: str, prepared: Prepared, cfg: DatasetConfig) -> str:
+    """Why a split came out empty, in one line: the drop counts by reason, with the first ids and a hint."""
+    msg = (f"{where}: the split left {len(prepared.train)} train and {len(prepared.heldout)} held-out rows "
+           f"of {prepared.input_rows} input rows")
+    drops = sorted(((n, r) for r, n in prepared.dropped.items() if n), reverse=True)
+    if drops:
+        parts = [f"{r} {n} (e.g. {', '.join(prepared.dropped_examples.get(r, [])[:3])})" for n, r in drops]
+        msg += f"; dropped: {'; '.join(parts)}"
+        top = drops[0][1]
+        if cfg.contract and top in CONTRACTS[cfg.contract].reasons:
+            msg += (f"; the {cfg.contract} contract wants: {CONTRACTS[cfg.contract].summary} (other JSON answers: "
+                    "contract json-schema; plain prompt/answer rows: contract null)")
+        elif top == "malformed":
+            msg += "; a row needs a string prompt (or request) and an answer (or chosen, or action)"
+        elif top == "too_long":
+            msg += f"; raise data.options.max_chars (now {cfg.options.max_chars})"
+        elif top == "non_ascii":
+            msg += "; set data.options.ascii_only: false to keep non-ASCII rows"
+    else:
+        msg += "; no row was dropped: add data or change heldout_fraction"
+    return msg
 
 
 def contamination(train: list[dict[str, Any]], heldout: list[dict[str, Any]]) -> list[str]:
@@ -317,10 +487,7 @@ def build_dataset(ctx: Any) -> None:
             f"normalization, e.g. {overlap[0]!r}; remove them from one of the sources"
         )
     if not prepared.train or not prepared.heldout:
-        raise FactoryError(
-            f"{where}: the split left {len(prepared.train)} train and {len(prepared.heldout)} held-out rows; "
-            "both need rows (add data or change heldout_fraction)"
-        )
+        raise FactoryError(empty_split_message(where, prepared, cfg))
 
     out = Path(ctx.out)
     splits = {}
@@ -348,10 +515,12 @@ def build_dataset(ctx: Any) -> None:
             "stage_version": __version__,
             "contract": cfg.contract,
             "actions": cfg.options.actions,
+            **({"schema": cfg.options.json_schema} if cfg.options.json_schema is not None else {}),
             "heldout_fraction": cfg.heldout_fraction,
             "max_chars": cfg.options.max_chars,
             "ascii_only": cfg.options.ascii_only,
-            "checks": list(REASONS),
+            "checks": list(REASONS) + [r for r in (CONTRACTS[cfg.contract].reasons if cfg.contract else ())
+                                       if r not in REASONS],
             "normalize": "lower case, whitespace collapsed and trimmed",
             "dedup": "one row per normalized prompt; the cleanest spelling is kept",
             "split": "held out when the first 64 bits of xxh3-128(normalized prompt) / 2^64 < heldout_fraction",

@@ -136,7 +136,6 @@ class HFFamily:
             "batch_size": batch,
             "micro_batch_size": 8 if gpu else 4,
             "warmup_steps": max(1, steps // 20),
-            "max_len": 1024,
             "eval_every": max(50, steps // 10),
             "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "auto"},
         }

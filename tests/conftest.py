@@ -74,3 +74,24 @@ def project(tmp_path):
     (root / "recipes" / "demo" / "lines.txt").write_text("".join(f"line {i}\n" for i in range(50)))
     shutil.copy(REPO / "dodo.py", root / "dodo.py")
     return Project(root)
+
+
+@pytest.fixture(scope="session")
+def clean_project(tmp_path_factory):
+    """A project with the repo's recipes and no store: the slow end-to-end tests build into it, once per session."""
+    root = tmp_path_factory.mktemp("e2e")
+    shutil.copytree(REPO / "recipes", root / "recipes")
+    shutil.copy(REPO / "dodo.py", root / "dodo.py")
+    return root
+
+
+@pytest.fixture(scope="session")
+def built_project(clean_project):
+    """clean_project with the quick recipe and the flagship built (no-ops if the end-to-end tests built them)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FACTORY_LOAD_PLUGINS", "FACTORY_ROOT",
+                                                         "FACTORY_INVOCATION")}
+    for recipe in ("pace-planner-quick", "pace-planner"):
+        r = subprocess.run([sys.executable, "-m", "doit", f"recipe:{recipe}"], cwd=clean_project, env=env,
+                           capture_output=True, text=True, timeout=1800)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return clean_project

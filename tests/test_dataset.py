@@ -200,10 +200,14 @@ def test_prompt_answer_rows_pass_through_with_their_skill(tmp_path, registry):
 @pytest.mark.parametrize(
     "config, message",
     [
-        ({"options": {"max_chars": 10, "typo": 1}}, "data.options.typo: unknown option; known: max_chars, ascii_only, actions"),
-        ({"options": {}}, "data.options.actions: the json-action contract needs"),
+        ({"options": {"max_chars": 10, "typo": 1, "actions": ACTIONS}},
+         "data.options.typo: unknown option; known: max_chars, ascii_only, actions, schema"),
+        ({"options": {}}, "data.options.actions: required by this contract (contract json-action: answers are"),
         ({"heldout_fraction": 1.5}, "data.heldout_fraction: Input should be less than 1"),
-        ({"contract": "yaml"}, "data.contract: Input should be 'json-action'"),
+        ({"contract": "yaml"}, "data.contract: unknown contract 'yaml'; known: json-action, json-schema, or null"),
+        ({"contract": "json-schema", "options": {}}, "data.options.schema: required by this contract"),
+        ({"contract": "json-schema", "options": {"schema": {"type": "objekt"}}},
+         "data.options.schema.type: not a valid JSON Schema"),
     ],
 )
 def test_config_errors_name_the_field(config, message):
@@ -230,3 +234,74 @@ def test_register_dataset_sources_and_register_stage_kinds_hooks():
     datasets.register_stage_kinds(kinds.append)
     assert [s.name for s in sources] == ["jsonl"] and [k.name for k in kinds] == ["dataset"]
     assert kinds[0].description
+
+
+TICKET_SCHEMA = {
+    "type": "object",
+    "required": ["queue", "priority", "product"],
+    "additionalProperties": False,
+    "properties": {"queue": {"enum": ["billing", "tech", "sales"]},
+                   "priority": {"type": "integer", "minimum": 1, "maximum": 3},
+                   "product": {"type": "string", "minLength": 1}},
+}
+
+
+def ticket(i: int, **answer) -> dict:
+    base = {"queue": ["billing", "tech", "sales"][i % 3], "priority": 1 + i % 3, "product": f"p{i % 4}"}
+    return {"id": f"t{i}", "prompt": f"ticket {i}: my thing is broken", "answer": {**base, **answer}}
+
+
+def test_json_schema_contract_keeps_valid_answers_canonical_and_counts_the_rest(tmp_path, registry):
+    rows = [ticket(i) for i in range(40)]
+    rows[3] = ticket(3, queue="legal")  # not in the enum
+    rows[5]["answer"] = json.dumps(rows[5]["answer"])  # a JSON string is parsed, then checked
+    rows[7]["answer"] = "billing, urgent"  # not JSON at all
+    rows[9] = ticket(9, extra=True)  # additionalProperties: false
+    out = build(tmp_path, registry, [{"kind": "test-rows", "options": {"rows": rows}}],
+                contract="json-schema", options={"schema": TICKET_SCHEMA})
+    record = read_record(out / "dataset.json", DatasetRecord)
+    assert record.counts.dropped_by_reason["schema_mismatch"] == 2
+    assert record.counts.dropped_by_reason["invalid_json"] == 1
+    assert record.dropped_examples["schema_mismatch"] == ["t3", "t9"]
+    kept = {r["id"]: r for r in rows_of(out / "train.jsonl") + rows_of(out / "heldout.jsonl")}
+    assert len(kept) == 37 and "t5" in kept
+    assert kept["t5"]["answer"] == '{"priority":3,"product":"p1","queue":"sales"}'  # canonical: sorted, compact
+    assert record.processing["schema"] == TICKET_SCHEMA and "schema_mismatch" in record.processing["checks"]
+
+
+def test_an_empty_split_names_its_drops_by_reason(tmp_path, registry):
+    # Ticket rows under the planner's contract: every row drops, and the error says why and what to use.
+    rows = [ticket(i) for i in range(10)] + [{"id": "bad", "text": "no prompt"}]
+    with pytest.raises(FactoryError) as e:
+        build(tmp_path, registry, [{"kind": "test-rows", "options": {"rows": rows}}])
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "the split left 0 train and 0 held-out rows of 11 input rows" in msg
+    assert "dropped: invalid_action 10 (e.g. t0, t1, t2); malformed 1 (e.g. bad)" in msg
+    assert "contract json-schema" in msg and "contract null" in msg
+
+
+def test_contracts_are_checked_when_the_recipe_is_planned(tmp_path):
+    from factory.engine import Session
+
+    (tmp_path / "recipes" / "t").mkdir(parents=True)
+    (tmp_path / "recipes" / "t" / "rows.jsonl").write_text(
+        "".join(json.dumps(ticket(i)) + "\n" for i in range(10)))
+    recipe = ("base: {family: tiny, model: tiny-llama}\ndata:\n  sources: [{kind: jsonl, path: t/rows.jsonl}]\n  contract: CONTRACT\n"
+              "  options: OPTIONS\nevals: {primary: json-action}\n")
+    plugins.reset()
+    try:
+        for contract, opts, message in (
+            ("jsn-schema", "{}", r"recipes/t\.yaml: data\.contract: unknown contract 'jsn-schema'; known: json-action, json-schema"),
+            ("json-schema", "{}", r"recipes/t\.yaml: data\.options: schema: required by this contract"),
+            ("json-schema", "{schema: {type: 7}}", r"recipes/t\.yaml: data\.options: schema\.type: not a valid JSON Schema"),
+            ("json-action", "{}", r"recipes/t\.yaml: data\.options: actions: required by this contract"),
+        ):
+            (tmp_path / "recipes" / "t.yaml").write_text(recipe.replace("CONTRACT", contract).replace("OPTIONS", opts))
+            with pytest.raises(FactoryError, match=message):
+                Session(tmp_path).plan("t")
+        (tmp_path / "recipes" / "t.yaml").write_text(recipe.replace("CONTRACT", "json-schema").replace(
+            "OPTIONS", json.dumps({"schema": TICKET_SCHEMA})))
+        assert Session(tmp_path).plan("t").stages["dataset"].config["contract"] == "json-schema"
+    finally:
+        plugins.reset()

@@ -14,7 +14,7 @@ from factory import hashing
 from factory.plugins import Registry
 from factory.records import EvalRecord, SampleRecord, read_jsonl, read_record
 from factory_plugins import evals
-from factory_plugins.evals import breadth, json_action, perplexity, risk_probes
+from factory_plugins.evals import breadth, json_action, json_schema, perplexity, risk_probes
 
 A = '{"action":"reschedule","args":{"day":"saturday","item":"long run","time":"07:00"}}'
 
@@ -45,6 +45,27 @@ def test_json_action_scores_exact_valid_and_fields():
     assert set(out.per_skill) == {"reschedule"}  # grouped by expected action when rows carry no skill
     for sample in out.samples:
         SampleRecord.model_validate(sample)
+
+
+def test_json_schema_scores_exact_schema_validity_and_each_field():
+    schema = {"type": "object", "required": ["queue", "priority"], "additionalProperties": False,
+              "properties": {"queue": {"enum": ["billing", "tech"]}, "priority": {"type": "integer"}}}
+    answer = '{"priority":2,"queue":"billing"}'
+    rows = [row(i, answer=answer) for i in range(4)]
+    outputs = ['{"queue": "billing", "priority": 2}', '{"queue": "tech", "priority": 2}',
+               '{"queue": "billing", "priority": "high"}', "billing"]
+    out = json_schema.score(rows, outputs, schema)
+    s = out.scores
+    assert s["exact_match"].value == 0.25 and s["valid_json"].value == 0.75
+    assert s["schema_valid"].value == 0.5  # "high" is not an integer; "billing" is not JSON
+    assert s["field.queue"].value == 0.5 and s["field.priority"].value == 0.5
+    assert s["field_accuracy"].value == pytest.approx(4 / 8)
+    assert "is not of type 'integer'" in out.samples[2]["schema_error"]
+    from factory.errors import FactoryError
+    from factory.options import validate
+
+    with pytest.raises(FactoryError, match=r"evals\.define\.t\.options\.schema: Value error, not a valid JSON Schema"):
+        validate(json_schema.JsonSchemaOptions, {"schema": {"type": 5}}, "evals.define.t.options")
 
 
 def test_breadth_scores_per_skill():
@@ -87,7 +108,7 @@ def test_risk_probes_detect_spill_eos_and_hijack():
     assert not risk_probes.is_hijack(payload, payload, payload)
 
 
-def test_plugin_registers_four_suites_without_importing_torch():
+def test_plugin_registers_seven_suites_without_importing_torch():
     names = []
     evals.register_eval_suites(lambda s: names.append((s.name, s.needs, s.primary_metric)))
     assert names == [
@@ -95,11 +116,17 @@ def test_plugin_registers_four_suites_without_importing_torch():
         ("breadth", "breadth", "exact_match"),
         ("perplexity", "heldout", "loss"),
         ("risk-probes", "heldout", "hijack_rate"),
+        ("benchmark", "own", "accuracy"),
+        ("json-schema", "heldout", "exact_match"),
+        ("lm-eval", "own", "accuracy"),
     ]
     code = "import sys, factory_plugins.evals, factory.evaluate, factory.gate, factory.report, factory.validate; " \
            "print('torch' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"
+    code = "import sys, factory_plugins.evals; print(sorted({'lm_eval', 'jsonschema'} & set(sys.modules)))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "[]"  # optional and validation libraries load only on their own path
 
 
 # --- the eval stage on a toy model ---------------------------------------------------------------

@@ -77,3 +77,32 @@ def test_answer_logprobs_batch_invariant_and_sensible(lm):
     assert all(math.isfinite(x) and x > 0 for x in a)
     assert a == pytest.approx(b, rel=1e-5, abs=1e-5)
     assert generate(lm, [], 5) == [] and answer_logprobs(lm, []) == []
+
+
+def test_a_model_with_few_positions_stops_at_its_context_at_every_batch_size(tmp_path):
+    # GPT-2 has learned positions: a row that had filled the context while others were still
+    # generating was fed position 32 of a 32-position table (IndexError). EOS is ruled out here
+    # so every row runs into the context, the longest prompts first.
+    from factory.ml.generate import collect_notes, generate_with_stops
+
+    small = _load(save_toy_model(tmp_path / "g", "gpt2", positions=32), max_length=32)
+    head = small.model.get_output_embeddings()
+    bias = torch.zeros(head.weight.shape[0])
+    bias[small.eos_token_id] = -1e4
+    hook = head.register_forward_hook(lambda m, i, o: o + bias)
+    # One long prompt among short ones: it fills the context while the others still run.
+    prompts = [f"p{i}" for i in range(7)] + ["p7 " + "ab" * 8]
+    try:
+        with collect_notes() as notes:
+            one, why = generate_with_stops(small, prompts, max_new_tokens=300, batch_size=1)
+        for bs in (3, 8, 64):
+            assert generate_with_stops(small, prompts, max_new_tokens=300, batch_size=bs) == (one, why)
+    finally:
+        hook.remove()
+    for p, ids in zip(prompts, one):
+        assert len(encode_prompt(small, p)) + len(ids) == 32
+    assert why == ["context"] * 8
+    assert notes == ["8 of 8 generations stopped at the model's context (32 positions) before max_new_tokens 300"]
+    # Within the budget a row reports the budget, and the tokens are the same as without a limit.
+    short, why = generate_with_stops(small, prompts[:2], max_new_tokens=2, batch_size=2)
+    assert why[0] in ("eos", "max_new_tokens") and all(len(s) <= 2 for s in short)

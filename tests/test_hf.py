@@ -132,3 +132,23 @@ def test_registered_through_the_hook():
 
     regs = plugins.load(only=["factory_plugins.hf"])
     assert isinstance(regs.families.get("hf"), HFFamily)
+
+
+def test_training_lengths_come_from_the_models_positions(tmp_path):
+    # A 1024-token default on a 64-position GPT-2 fed positions past its table when a held-out
+    # row was longer than the model's context (IndexError in the first evaluation).
+    save_toy_model(tmp_path / "models" / "g", "gpt2", positions=64, init_std=0.02)
+    fam = HFFamily()
+    base = _build_base(fam, tmp_path, "models/g")
+    params = fam.default_train_params(TrainDefaultsContext("sft-lora", len(ROWS), 5, "cpu", 1, {}))
+    assert "max_len" not in params
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    held = tmp_path / "heldout.jsonl"
+    held.write_text("".join(json.dumps({**r, "prompt": r["prompt"] + " x" * 40}) + "\n" for r in ROWS[:4]))
+    for max_len in (None, 1024):  # the family's default, and an explicit length past the positions
+        params.update(steps=2, eval_every=1, threads=1, max_len=max_len)
+        ctx = _ctx(tmp_path / str(max_len), "train", params, {"base": base, "train": data, "heldout": held})
+        fam.trainer("sft-lora")(ctx)
+        summary = read_record(ctx.out / "train.json", TrainSummary)
+        assert summary.steps == 2 and summary.precheck["max_len"] == 64

@@ -5,23 +5,14 @@ Slow (minutes on two cores); deselected by default and run by CI with `pytest -m
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO
+# clean_project is a session fixture in conftest.py, shared with the run browser's slow test
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def clean_project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    shutil.copytree(REPO / "recipes", root / "recipes")
-    shutil.copy(REPO / "dodo.py", root / "dodo.py")
-    return root
 
 
 def doit(root, *args):

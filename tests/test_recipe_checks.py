@@ -77,7 +77,7 @@ CASES = [
     ("not utf-8", sub(BAD_DATA, "path: pace-planner/bad.jsonl"), b'{"request": "\xff\xfe"}\n', "bad.jsonl: line 1: not UTF-8"),
     ("giant line", sub(BAD_DATA, "path: pace-planner/bad.jsonl"), b'{"request": "' + b"a" * (2 << 20) + b'"}\n',
      "bad.jsonl: line 1 is 2,097,168 bytes"),
-    ("unknown suite", sub("regression: [breadth]", "regression: [breath]"), None, "evals: unknown suite 'breath'; registered eval suites: breadth"),
+    ("unknown suite", sub("regression: [breadth]", "regression: [breath]"), None, "evals: unknown suite 'breath'; registered eval suites: benchmark, breadth"),
     ("unknown step data", sub(TRAIN, "train: [{name: a, data: nowhere}]"), None, "train.0.data: no data section 'nowhere'"),
 ]
 

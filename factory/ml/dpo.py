@@ -11,8 +11,10 @@ Read top to bottom, one training run is:
    and rejected answer are computed once, with the adapter as loaded, and kept (also in the work
    directory, as safetensors, so a resumed run does not recompute them);
 4. the loop: the sigmoid DPO loss `-log σ(β·((π_c − ref_c) − (π_r − ref_r)))`, averaged over the
-   pairs of a step, with the same batch schedule, warm-up and cosine decay, clipping, checkpoints
-   and resume as the SFT trainer;
+   pairs of a step, plus `sft_weight` times the chosen answers' per-token NLL (pure DPO on near misses
+   pushes both answers down and breaks the output format: measured on the planner, exact match fell
+   from 0.974 to 0.311), with the same batch schedule, warm-up and cosine decay, clipping,
+   checkpoints and resume as the SFT trainer;
 5. outputs: adapter/, train.log (one line per step: loss, reward margin, preference accuracy),
    train.json.
 
@@ -46,6 +48,11 @@ class DPOParams(BaseModel):
     batch_size: int = Field(16, ge=1, le=65_536, description="preference pairs per optimizer step")
     micro_batch_size: int | None = Field(None, ge=1, description="pairs per forward pass; default: the whole batch")
     beta: float = Field(0.1, gt=0, le=100, allow_inf_nan=False, description="DPO temperature: how far the policy may move from the reference")
+    sft_weight: float = Field(
+        1.0, ge=0, le=100, allow_inf_nan=False,
+        description="weight of the chosen answers' per-token NLL added to the DPO loss (TRL's rpo_alpha); "
+                    "0 is pure DPO, which can lower the chosen answers' likelihood along with the rejected ones",
+    )
     max_len: int | None = Field(None, ge=8, description="longest prompt + answer in tokens; default: the model's context")
     seed: int = Field(0, ge=0, description="seed of data order")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
@@ -176,6 +183,7 @@ def train_dpo_lora(ctx: Any, lm: Any) -> None:
     try:
         for step in range(start, params.steps):
             idx = [i for _, i in schedule.batch(step)]
+            chosen_tokens = sum(chosen[i].n_loss for i in idx)
             total_loss, total_acc, total_margin = 0.0, 0.0, 0.0
             for j in range(0, len(idx), mb):
                 part = idx[j:j + mb]
@@ -184,7 +192,10 @@ def train_dpo_lora(ctx: Any, lm: Any) -> None:
                     pr = sequence_logps(model, *sft.collate([rejected[i] for i in part], int(lm.pad_token_id), device))
                 losses, rw_c, rw_r = dpo_loss(pc.float(), pr.float(), ref_c[part].to(device), ref_r[part].to(device),
                                               params.beta)
-                (losses.sum() / len(idx)).backward()
+                loss = losses.sum() / len(idx)
+                if params.sft_weight:
+                    loss = loss - params.sft_weight * pc.float().sum() / max(1, chosen_tokens)
+                loss.backward()
                 total_loss += float(losses.detach().sum())
                 total_acc += float((rw_c > rw_r).float().sum())
                 total_margin += float((rw_c - rw_r).sum())

@@ -13,9 +13,65 @@ number the perplexity suite reports.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from typing import Any, Iterator
 
 from factory.ml.text import encode_example, encode_prompt, stop_ids
+
+
+# Notes about generation (rows cut short by the model's context) for whoever is listening: the eval
+# stage collects them per suite into its record, so a cut answer is reported, not silently scored.
+_notes: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("generation_notes", default=None)
+
+
+@contextlib.contextmanager
+def collect_notes() -> Iterator[list[str]]:
+    """Collect the notes generation makes inside the block (a list filled in place)."""
+    notes: list[str] = []
+    token = _notes.set(notes)
+    try:
+        yield notes
+    finally:
+        _notes.reset(token)
+
+
+# What the progress bar calls the generation in flight (the eval stage sets the suite's name);
+# unset, or FACTORY_PROGRESS=0, and no bar is drawn.
+_label: contextvars.ContextVar[str | None] = contextvars.ContextVar("generation_label", default=None)
+
+
+@contextlib.contextmanager
+def progress_label(label: str) -> Iterator[None]:
+    """Generation inside the block shows a progress bar with an ETA on stderr, named `label`."""
+    token = _label.set(label)
+    try:
+        yield
+    finally:
+        _label.reset(token)
+
+
+def _progress(total: int, done: int):
+    import os
+
+    label = _label.get()
+    if label is None or os.environ.get("FACTORY_PROGRESS", "1") == "0":
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn(f"eval {label}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
+        TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+    )
+    progress.add_task(label, total=total, completed=done)
+    progress.start()
+    return progress
+
+
+def _note(text: str) -> None:
+    notes = _notes.get()
+    if notes is not None and text not in notes:
+        notes.append(text)
 
 
 @contextlib.contextmanager
@@ -63,23 +119,75 @@ def generate(lm: Any, prompts: list[str], max_new_tokens: int, batch_size: int =
 
 def generate_ids(lm: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 64) -> list[list[int]]:
     """The token ids `generate` decodes: per prompt, the new tokens before the stop token."""
+    return generate_with_stops(lm, prompts, max_new_tokens, batch_size)[0]
 
+
+STOP_REASONS = ("eos", "max_new_tokens", "context")
+
+
+def generate_with_stops(
+    lm: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 64
+) -> tuple[list[list[int]], list[str]]:
+    """(token ids, stop reasons): per prompt, the new tokens and why generation ended.
+
+    A reason is `eos` (a stop token), `max_new_tokens` (the budget ran out) or
+    `context` (the prompt and the answer filled the model's positions, `lm.max_length`).
+    """
     if not prompts:
-        return []
+        return [], []
     encoded = [encode_prompt(lm, p) for p in prompts]
     ctx = int(lm.max_length)
     keep = max(1, ctx - 1)
     encoded = [e[-keep:] if len(e) > keep else e for e in encoded]
-    order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
     stops = stop_ids(lm)
     results: list[list[int]] = [[] for _ in prompts]
+    reasons: list[str] = ["eos"] * len(prompts)
+
+    def reason(i: int, out: list[int]) -> str:
+        room = ctx - len(encoded[i])
+        if len(out) >= min(max_new_tokens, room):
+            # The budget ran out before a stop token: the smaller of the two limits decided it.
+            return "context" if room < max_new_tokens else "max_new_tokens"
+        return "eos"
+
+    from factory import samplecache
+
+    cache = samplecache.current()
+    keys: list[str] = []
+    todo = list(range(len(prompts)))
+    if cache is not None:
+        gen = {"max_new_tokens": int(max_new_tokens), "context": ctx, "stops": sorted(stops),
+               "pad": int(lm.pad_token_id)}
+        keys = [cache.key(e, gen) for e in encoded]
+        todo = []
+        for i, k in enumerate(keys):
+            hit = cache.get(k)
+            if hit is None:
+                todo.append(i)
+            else:
+                results[i], reasons[i] = hit
+    order = sorted(todo, key=lambda i: (len(encoded[i]), i))
     model = lm.model
-    with _inference(model):
-        for batch in _batches(order, batch_size):
-            seqs = [encoded[i] for i in batch]
-            for i, out in zip(batch, _generate_batch(model, seqs, lm, max_new_tokens, ctx, stops)):
-                results[i] = out
-    return results
+    if order:
+        bar = _progress(len(prompts), len(prompts) - len(order))
+        try:
+            with _inference(model):
+                for batch in _batches(order, batch_size):
+                    seqs = [encoded[i] for i in batch]
+                    for i, out in zip(batch, _generate_batch(model, seqs, lm, max_new_tokens, ctx, stops)):
+                        results[i], reasons[i] = out, reason(i, out)
+                        if cache is not None:  # each finished batch is kept: a killed eval resumes after it
+                            cache.put(keys[i], out, reasons[i])
+                    if bar is not None:
+                        bar.advance(bar.task_ids[0], len(batch))
+        finally:
+            if bar is not None:
+                bar.stop()
+    cut = reasons.count("context")
+    if cut:
+        _note(f"{cut} of {len(prompts)} generations stopped at the model's context ({ctx} positions) "
+              f"before max_new_tokens {max_new_tokens}")
+    return results, reasons
 
 
 def _generate_batch(model: Any, seqs: list[list[int]], lm: Any, max_new: int, ctx: int, stops: set[int]):
@@ -128,7 +236,9 @@ def _generate_batch(model: Any, seqs: list[list[int]], lm: Any, max_new: int, ct
             use_cache=True,
         )
         past = out.past_key_values
-        next_pos = next_pos + 1
+        # Finished rows stay put: their position is one they already had, so a row that filled
+        # the context is never fed a position past the model's table (learned positions).
+        next_pos = torch.where(done, next_pos, next_pos + 1)
     return produced
 
 

@@ -440,7 +440,8 @@ def _train(ctx: Any, lm: Any, params: SFTParams) -> None:
         torch.set_num_threads(threads)
 
     # -- data and the pre-check, before anything trains
-    max_len = int(params.max_len or lm.max_length)
+    # Never longer than the model's positions: a larger max_len would index past them.
+    max_len = min(int(params.max_len or lm.max_length), int(lm.max_length))
     train_rows = read_rows(ctx.inputs.get("train"))
     heldout_rows = read_rows(ctx.inputs.get("heldout"))[: params.eval_rows]
     replay_rows = read_rows(ctx.inputs.get("replay")) if params.replay > 0 else []
