@@ -60,24 +60,23 @@ def build_package(ctx: BuildContext) -> None:
     run(ctx)
 
 
-# The wrappers above only dispatch; each kind's key covers the modules that do the work, and
-# code_version pins the wrapper so editing one kind's line does not rebuild every other kind.
+# Each kind's key covers its own wrapper and what that wrapper imports (factory.stages.code_closure),
+# so editing one kind's line does not rebuild the others.
 @hookimpl
 def register_stage_kinds(register):
-    register(StageKind("base", build_base, code_version="1",
+    register(StageKind("base", build_base,
                        description="build or load the base model (the family decides)"))
-    register(StageKind("train", build_train, code_version="1",
+    register(StageKind("train", build_train,
                        description="train the candidate with the recipe's method"))
-    register(StageKind("eval", build_eval, code_version="1", modules=("factory.evaluate",),
+    register(StageKind("eval", build_eval,
                        description="run every eval suite on one model"))
-    register(StageKind("decide", build_decide, code_version="1", modules=("factory.gate", "factory.stats"),
+    register(StageKind("decide", build_decide,
                        description="judge the candidate against the baseline and the criteria", handles_stop=True))
-    register(StageKind("power", build_power, code_version="1", modules=("factory.gate", "factory.stats"),
+    register(StageKind("power", build_power,
                        description="check before training that the held-out sets can resolve the criteria's margins"))
-    register(StageKind("report", build_report, code_version="1",
-                       modules=("factory.report", "factory.gate", "factory.stats"),
+    register(StageKind("report", build_report,
                        description="write report.md and report.html", handles_stop=True))
-    register(StageKind("promote", build_promote, code_version="1", modules=("factory.promote", "factory.evaluate"),
+    register(StageKind("promote", build_promote,
                        description="check a training step's checkpoint against its promotion criteria"))
-    register(StageKind("package", build_package, code_version="1", modules=("factory.specialists",),
+    register(StageKind("package", build_package,
                        description="write artifact.json and the packaged specialist"))

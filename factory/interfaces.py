@@ -29,21 +29,21 @@ class LoadedModel:
     format_prompt: Callable[[str], str]
     eos_token_id: int
     pad_token_id: int
-    device: str = "cpu"
-    max_length: int = 256
-    info: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"  # where model lives: "cpu", "cuda", ...
+    max_length: int = 256  # longest prompt + answer in tokens (the model's context)
+    info: dict[str, Any] = field(default_factory=dict)  # recorded in eval records: family, template, base, ...
 
 
 @dataclass
 class TrainDefaultsContext:
     """What a family may look at to fill in training parameters the recipe left out."""
 
-    method: str
-    train_rows: int
-    heldout_rows: int
-    device: str
-    processes: int
-    intent: dict[str, Any]
+    method: str  # the step's training method: "sft-lora", "dpo-lora", ...
+    train_rows: int  # rows in the step's train split
+    heldout_rows: int  # rows in its held-out split
+    device: str  # the step's device setting ("auto", "cpu", "cuda")
+    processes: int  # training processes the step asks for
+    intent: dict[str, Any]  # the settings the recipe gave (steps, lr, batch_size, replay, options)
 
 
 @runtime_checkable

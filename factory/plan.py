@@ -22,7 +22,7 @@ from factory.errors import FactoryError
 from factory.fastpath import cuda_available
 from factory.interfaces import TrainDefaultsContext
 from factory.recipe import DataSpec, Recipe
-from factory.stages import Input, Stage, code_identity, module_ast_digest, stage_key
+from factory.stages import Input, Stage, code_identity, stage_key
 from factory.store import Store
 
 
@@ -50,13 +50,6 @@ def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# The engine's own model code, which decides what a trained adapter or an eval record holds.
-_ENGINE_MODULES = {
-    "train": ("factory.ml.sft", "factory.ml.sft_worker", "factory.ml.lora", "factory.ml.text"),
-    "eval": ("factory.ml.generate", "factory.ml.text"),
-}
-
-
 def _optional(module: str, name: str) -> Any:
     """A function another module may provide (a plan-time check), or None."""
     import importlib
@@ -68,7 +61,13 @@ def _optional(module: str, name: str) -> Any:
 
 
 def _module_of(obj: Any) -> str:
+    """A plugin object's code root: its class's module (a suite, a source)."""
     return obj.__module__ if callable(obj) and hasattr(obj, "__module__") else type(obj).__module__
+
+
+def _entry(obj: Any, name: str) -> list[Any]:
+    fn = getattr(obj, name, None)
+    return [fn] if callable(fn) else []
 
 
 class Plan:
@@ -136,13 +135,18 @@ class Plan:
 
     # --- the table ---------------------------------------------------------------
 
-    def _code(self, kind: str, *modules: str, libs: bool = False) -> dict[str, Any]:
+    def _code(self, kind: str, *roots: Any, libs: bool = False) -> dict[str, Any]:
+        """Code identity of a stage: what its kind's build reaches, and what the plugin objects it
+        hands over to reach (see factory.stages.code_closure).
+
+        The model family's code is found through its entry points, not its whole module: the base
+        stage counts `family.build_base`, a train stage the function `family.trainer(method)`
+        returns, the eval and promote stages `family.load` (with each suite's module), so editing a
+        family's training defaults does not rebuild its base. Defaults reach the key as config.
+        """
         sk = self._field(f"stages.{kind}", self.regs.stages.get, kind)
         info = self.regs.plugin_of("stage", kind)
-        ident = code_identity(sk, info.name if info else "", info.version if info else "")
-        extra = sorted({m for m in modules if m})
-        if extra:
-            ident["modules"] = {m: module_ast_digest(m) for m in extra}
+        ident = code_identity(sk, info.name if info else "", info.version if info else "", roots)
         if libs:  # model stages: library upgrades change numbers
             ident["libs"] = self._libs
         return ident
@@ -184,7 +188,6 @@ class Plan:
     def expand(self) -> list[Stage]:
         """The recipe as a table of stages, in an order in which each row's inputs come first."""
         r = self.recipe
-        fam_mod = _module_of(self.family)
         fam = {"family": r.base.family, **self._plugin("family", r.base.family)}
         rows: list[Stage] = [
             self._data_stage("breadth", "breadth", r.breadth),
@@ -194,16 +197,12 @@ class Plan:
         base_cfg = {**fam, "model": r.base.model,
                     "base": self._field("", self.family.resolve_base,
                                         {"model": r.base.model, "options": r.base.options}, self.root)}
-        # A family that names the modules its base is built by keeps the rest of its code (training
-        # defaults, loading) out of the base's key, so editing those does not rebuild the base.
-        base_mods = tuple(getattr(self.family, "base_modules", None) or (fam_mod,))
         rows.append(Stage("base", "base", base_cfg, {"breadth": Input(stage="breadth")},
-                          self._code("base", *base_mods, libs=True), run_files=False))
+                          self._code("base", *_entry(self.family, "build_base"), libs=True), run_files=False))
 
         suites = self._suites()
         eval_cfg = self._eval_settings(fam, suites)
-        eval_mods = [fam_mod, *(_module_of(s) for _, s, _ in suites), *getattr(self.family, "code_modules", ()),
-                     *(m for _, s, _ in suites for m in getattr(s, "code_modules", ())), *_ENGINE_MODULES["eval"]]
+        eval_mods = [*_entry(self.family, "load"), *(_module_of(s) for _, s, _ in suites)]
         eval_inputs = {"base": Input(stage="base"),
                        "heldout": Input(stage="dataset", file="heldout.jsonl"),
                        "breadth": Input(stage="breadth", file="heldout.jsonl")}
@@ -250,8 +249,7 @@ class Plan:
                       "replay": Input(stage="breadth", file="train.jsonl")}
             if prev is not None:
                 inputs["init"] = Input(stage=prev)
-            train_mods = [fam_mod, _module_of(trainer), *getattr(self.family, "code_modules", ()),
-                          *_ENGINE_MODULES["train"]]
+            train_mods = [trainer, *_entry(self.family, "trainer"), *_entry(self.family, "load")]
             rows.append(Stage(name, "train", {}, inputs, self._code("train", *train_mods, libs=True),
                               guards=list(guard), run_prefix=f"steps/{step.name}/" if r.multi_step else "",
                               step=step.name))

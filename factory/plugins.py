@@ -3,7 +3,9 @@
 Plugins come from DEFAULT_PLUGINS (first-party modules, registered exactly as
 a third party would), then the `factory` entry-point group. Setting
 FACTORY_LOAD_PLUGINS=name,name loads only those (handy to isolate a broken
-plugin). A plugin that fails to import is reported and the others still load.
+plugin), plus the engine's own modules (ENGINE_PLUGINS: the stage kinds every
+graph has), which then fill only the names the named plugins leave free. A
+plugin that fails to import is reported and the others still load.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "factory_plugins.merge",
     "factory_plugins.evals",
 )
+
+# The engine's own stage kinds: kept when an allowlist names only some plugins, so that
+# FACTORY_LOAD_PLUGINS=toy still builds; there they yield a name a named plugin registers.
+ENGINE_PLUGINS: tuple[str, ...] = ("factory.builtin_stages", "factory_plugins.datasets")
 
 KINDS = {
     "family": ("model families", "register_model_families"),
@@ -136,6 +142,10 @@ def load(only: list[str] | None = None, extra_modules: tuple[str, ...] = ()) -> 
         candidates.append((ep.name, "entry point", ep.load))
 
     known = {c[0] for c in candidates} | {c[0].rsplit(".", 1)[-1] for c in candidates}
+    engine: set[str] = set()
+    if only is not None:
+        engine = {m for m in ENGINE_PLUGINS if m not in only and m.rsplit(".", 1)[-1] not in only}
+        only = [*only, *sorted(engine)]
     for name in only or ():
         if name not in known:  # a module named only in the allowlist: load it too (one-off plugins)
             candidates.append((name, "env", lambda m=name: importlib.import_module(m)))
@@ -152,10 +162,13 @@ def load(only: list[str] | None = None, extra_modules: tuple[str, ...] = ()) -> 
     regs = {k: Registry(k) for k in KINDS}
     by_name = {p.name: p for p in infos}
     for kind, (_, hook) in KINDS.items():
-        for impl in getattr(pm.hook, hook).get_hookimpls():
+        impls = getattr(pm.hook, hook).get_hookimpls()
+        for impl in sorted(impls, key=lambda i: i.plugin_name in engine):  # the engine's kept modules last
             info = by_name[impl.plugin_name]
 
             def register(obj: Any, _info: PluginInfo = info, _kind: str = kind) -> None:
+                if _info.name in engine and getattr(obj, "name", None) in regs[_kind].items:
+                    return  # a named plugin supplies this one
                 regs[_kind].register(obj, plugin=_info.name)
                 _info.registered.setdefault(_kind, []).append(obj.name)
 

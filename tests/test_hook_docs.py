@@ -1,4 +1,5 @@
-"""Meta-test: every hookspec is documented in the plugin guide, with its signature, and has a test of its own."""
+"""Meta-test: every hookspec is documented in the plugin guide, with its signature, and has a test of its own
+(a function test_hook_<name> in tests/, which runs a real build: see tests/test_hooks.py)."""
 
 from __future__ import annotations
 
@@ -42,11 +43,25 @@ def test_hookspec_is_documented_in_the_guide(name, signature, doc):
     assert doc and "\n" not in doc.strip(), f"{name} needs a one-line docstring"
 
 
+def defined_tests() -> dict[str, str]:
+    """Every test function defined in tests/ (name -> file): a name in a comment or a string does not count."""
+    found = {}
+    for p in (ROOT / "tests").glob("test_*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test_"):
+                found[node.name] = p.name
+    return found
+
+
 @pytest.mark.parametrize("name, signature, doc", SPECS, ids=[s[0] for s in SPECS])
 def test_hookspec_has_a_test(name, signature, doc):
-    here = Path(__file__).name
-    tests = [p for p in (ROOT / "tests").glob("test_*.py") if p.name != here]
-    assert any(re.search(rf"\b{name}\b", p.read_text()) for p in tests), f"no test in tests/ mentions {name}"
+    assert f"test_hook_{name}" in defined_tests(), f"no test function test_hook_{name} in tests/"
+
+
+def test_a_hook_named_only_in_a_comment_has_no_test():
+    # this file names test_hook_never_written in a comment and a string; neither defines it
+    assert "test_hook_never_written" not in defined_tests()
+    assert "test_hook_run_finished" in defined_tests()
 
 
 def test_guide_python_examples_parse():
@@ -61,3 +76,27 @@ def test_guide_covers_discovery_and_registry_rules():
     for needle in ("FACTORY_LOAD_PLUGINS", "factory plugins", "[project.entry-points.factory]",
                    "is taken", "registered model families", "inside the functions"):
         assert needle in guide, needle
+
+
+def test_interface_reference_is_current():
+    from factory import reference
+
+    committed = (ROOT / "docs" / "interfaces.md").read_text()
+    assert committed == reference.markdown(), "docs/interfaces.md is stale: python -m factory.reference > docs/interfaces.md"
+
+
+def _methods(tree: ast.AST, cls: str) -> dict[str, str]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            return {f.name: ast.dump(f) for f in node.body if isinstance(f, ast.FunctionDef)}
+    return {}
+
+
+def test_guide_family_snippet_is_the_example_plugins_code():
+    example = ast.parse((ROOT / "examples" / "factory-family-toy" / "factory_family_toy" / "family.py").read_text())
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", GUIDE.read_text(), flags=re.S) if "class ToyGPT2Family" in b]
+    shown = _methods(ast.parse(block), "ToyGPT2Family")
+    assert {"resolve_base", "trainer"} <= set(shown)
+    real = _methods(example, "ToyGPT2Family")
+    for name, dump in shown.items():
+        assert dump == real[name], f"the guide's ToyGPT2Family.{name} differs from the example plugin's"

@@ -84,8 +84,23 @@ def test_a_plugin_that_fails_to_import_is_reported_and_the_others_load(tmp_path,
 def test_allowlist_env_var_loads_only_the_named_plugins(monkeypatch):
     monkeypatch.setenv("FACTORY_LOAD_PLUGINS", "factory_plugins.evals")
     regs = plugins.load()
-    assert [p.name for p in regs.plugins] == ["factory_plugins.evals"]
+    assert [p.name for p in regs.plugins] == ["factory.builtin_stages", "factory_plugins.datasets",
+                                              "factory_plugins.evals"]  # the engine's own kinds stay
     assert regs.families.names() == []
+    assert regs.suites.names() == ["breadth", "json-action", "perplexity", "risk-probes"]
+
+
+def test_allowlist_keeps_the_engine_kinds_and_they_yield_to_a_named_plugin(monkeypatch):
+    monkeypatch.setenv("FACTORY_LOAD_PLUGINS", "factory_plugins.tiny")
+    regs = plugins.load()
+    assert regs.families.names() == ["tiny"]
+    assert {"dataset", "base", "train", "eval", "decide", "report", "package"} <= set(regs.stages.names())
+    import enginekit
+
+    regs = plugins.load(only=["enginekit"])  # it registers every kind itself: the engine's fill none
+    assert regs.stages.get("train").build is enginekit.train
+    assert regs.stages.owner["dataset"] == regs.stages.owner["report"] == "enginekit"
+    assert not regs.errors
 
 
 def test_run_finished_reaches_every_plugin(tmp_path, monkeypatch):

@@ -24,7 +24,6 @@ class JsonActionSuite:
     needs = "heldout"
     primary_metric = "exact_match"
     # Modules whose code changes this suite's outputs, beyond its own (for stage keys).
-    code_modules = ("factory_plugins.evals.common", "factory.ml.generate", "factory.ml.text")
 
     def evaluate(self, lm: LoadedModel, rows: list[dict[str, Any]], settings: dict[str, Any]) -> SuiteOutput:
         outputs = common.generate(lm, [r["prompt"] for r in rows], settings)

@@ -26,7 +26,6 @@ class PerplexitySuite:
     needs = "heldout"
     primary_metric = "loss"
     # Modules whose code changes this suite's outputs, beyond its own (for stage keys).
-    code_modules = ("factory_plugins.evals.common", "factory.ml.generate", "factory.ml.text")
 
     def evaluate(self, lm: LoadedModel, rows: list[dict[str, Any]], settings: dict[str, Any]) -> SuiteOutput:
         from factory.ml.generate import answer_logprobs

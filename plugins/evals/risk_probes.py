@@ -44,7 +44,6 @@ class RiskProbesSuite:
     needs = "heldout"
     primary_metric = "hijack_rate"
     # Modules whose code changes this suite's outputs, beyond its own (for stage keys).
-    code_modules = ("factory_plugins.evals.common", "factory.ml.generate", "factory.ml.text")
 
     def evaluate(self, lm: LoadedModel, rows: list[dict[str, Any]], settings: dict[str, Any]) -> SuiteOutput:
         limit = int(settings.get("probe_rows") or DEFAULT_ROWS)

@@ -32,17 +32,6 @@ __version__ = "1.0"
 MODELS = ("tiny-llama",)
 METHODS = ("sft-lora", "dpo-lora")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# Modules whose code decides what the built base is; their AST digests go into the base config,
-# so editing the pretraining code rebuilds the base while editing a comment (or this module's
-# training defaults) does not.
-CODE_MODULES = ("factory_plugins.tiny.base", "factory_plugins.tiny.pretrain", "factory.ml.text")
-
-
-def _code_digest() -> str:
-    from factory import hashing
-    from factory.stages import module_ast_digest
-
-    return hashing.digest_json({m: module_ast_digest(m) for m in CODE_MODULES})
 
 
 class TinyFamily:
@@ -51,7 +40,6 @@ class TinyFamily:
     name = "tiny"
     version = __version__
     template = TEMPLATE
-    base_modules = CODE_MODULES  # what builds the base; the rest of this module is not in its key
 
     def resolve_base(self, spec: dict[str, Any], root: Path) -> dict[str, Any]:
         model = spec.get("model") or MODELS[0]
@@ -64,7 +52,6 @@ class TinyFamily:
             "model": model,
             "template": TEMPLATE,
             "options": opts.model_dump(),
-            "code": _code_digest(),
         }
 
     def build_base(self, ctx: Any) -> None:

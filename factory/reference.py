@@ -1,0 +1,210 @@
+"""The plugin interface reference (docs/interfaces.md), generated from the code.
+
+    python -m factory.reference > docs/interfaces.md
+
+Every table and signature below comes from the classes themselves: dataclass fields (with the
+comment on their line), Protocol attributes and methods (with their docstrings), and the pydantic
+models of the trainers' parameters. A test fails when the committed file differs from the output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import io
+import tokenize
+from typing import Any
+
+
+def _comments(cls: type) -> dict[int, str]:
+    """line number -> the comment on that line, in the file that defines cls."""
+    src = inspect.getsource(inspect.getmodule(cls))
+    out = {}
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.COMMENT:
+            out[tok.start[0]] = tok.string.lstrip("#").strip()
+    return out
+
+
+def _doc(obj: Any) -> str:
+    return inspect.cleandoc(obj.__doc__) if obj.__doc__ else ""
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _attributes(cls: type) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, comment) of every annotated attribute, in source order."""
+    import ast
+
+    lines, start = inspect.getsourcelines(cls)
+    tree = ast.parse(inspect.cleandoc("".join(lines)) if lines[0][0].isspace() else "".join(lines))
+    comments = _comments(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    out = []
+    for node in tree.body[0].body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            name = node.target.id
+            default = ""
+            f = fields.get(name)
+            if f is not None and f.default is not dataclasses.MISSING:
+                default = repr(f.default) if not callable(f.default) else getattr(f.default, "__name__", "")
+            elif f is not None and f.default_factory is not dataclasses.MISSING:
+                default = f"{f.default_factory.__name__}()"
+            out.append((name, ast.unparse(node.annotation), default, comments.get(start + node.lineno - 1, "")))
+    return out
+
+
+def _fields_table(cls: type) -> list[str]:
+    rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    for name, typ, default, comment in _attributes(cls):
+        rows.append(f"| `{name}` | `{_cell(typ)}` | {f'`{_cell(default)}`' if default else 'required'} | {_cell(comment)} |")
+    return rows
+
+
+def _sig(fn: Any) -> str:
+    """A signature as written in the source (string annotations unquoted, no self)."""
+    def ann(a: Any) -> str:
+        return (a if isinstance(a, str) else inspect.formatannotation(a)).strip("'\"").replace("'", "")
+
+    sig = inspect.signature(fn)
+    parts = []
+    for p in sig.parameters.values():
+        if p.name == "self":
+            continue
+        text = p.name + (f": {ann(p.annotation)}" if p.annotation is not p.empty else "")
+        if p.default is not p.empty:
+            text += f" = {p.default!r}"
+        parts.append(text)
+    ret = f" -> {ann(sig.return_annotation)}" if sig.return_annotation is not sig.empty else ""
+    return f"({', '.join(parts)}){ret}"
+
+
+def _methods(cls: type) -> list[str]:
+    out = []
+    for name, fn in cls.__dict__.items():
+        if name.startswith("_") or not callable(fn):
+            continue
+        out += [f"#### `{name}{_sig(fn)}`", "", _doc(fn) or "(no docstring)", ""]
+    return out
+
+
+def _params_table(model: Any) -> list[str]:
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for name, f in model.model_fields.items():
+        typ = f.annotation.__name__ if isinstance(f.annotation, type) else str(f.annotation).replace("typing.", "")
+        if f.default_factory is not None:
+            default = f.default_factory().model_dump() if hasattr(f.default_factory(), "model_dump") else f.default_factory()
+        else:
+            default = f.default
+        rows.append(f"| `{name}` | `{_cell(typ)}` | `{_cell(repr(default))}` | {_cell(f.description or '')} |")
+    return rows
+
+
+def _section(title: str, cls: type, intro: str = "") -> list[str]:
+    out = [f"### `{cls.__module__}.{cls.__qualname__}`", ""]
+    if intro:
+        out += [intro, ""]
+    if _doc(cls):
+        out += [_doc(cls), ""]
+    if _attributes(cls):
+        out += _fields_table(cls) + [""]
+    return out
+
+
+def markdown() -> str:
+    """The whole of docs/interfaces.md."""
+    from factory.interfaces import DatasetSource, EvalSuite, LoadedModel, ModelFamily, SuiteOutput, TrainDefaultsContext
+    from factory.ml.dpo import DPOParams
+    from factory.ml.sft import LoraParams, SFTParams
+    from factory.records import read_rows
+    from factory.runs import RunInfo
+    from factory.stages import BuildContext, StageKind
+
+    out = [
+        "# Plugin interface reference",
+        "",
+        "<!-- generated by `python -m factory.reference > docs/interfaces.md`; do not edit by hand -->",
+        "",
+        "The shapes a plugin implements and the objects the factory hands it, generated from the code",
+        "(`factory.interfaces`, `factory.stages`, `factory.runs`, `factory.records` and the trainers'",
+        "parameter models). The [plugin guide](plugin-guide.md) shows how they fit together; the example",
+        "package `examples/factory-family-toy` implements each of them.",
+        "",
+        "## What a plugin implements",
+        "",
+        "These are typing Protocols: a plugin need not inherit from them, only have the attributes and",
+        "methods. Methods that need torch import it inside their bodies.",
+        "",
+    ]
+    for proto in (ModelFamily, EvalSuite, DatasetSource):
+        out += [f"### `{proto.__module__}.{proto.__qualname__}`", ""]
+        if _doc(proto):
+            out += [_doc(proto), ""]
+        out += ["Attributes:", ""] + [f"- `{n}: {t}`" + (f" — {c}" if c else "") for n, t, _, c in _attributes(proto)]
+        out += [""] + _methods(proto)
+    out += ["## What the factory hands a plugin", ""]
+    out += _section("LoadedModel", LoadedModel, "What `ModelFamily.load` returns and `EvalSuite.evaluate` receives.")
+    out += _section("TrainDefaultsContext", TrainDefaultsContext,
+                    "What `ModelFamily.default_train_params(ctx)` receives.")
+    out += _section("SuiteOutput", SuiteOutput, "What `EvalSuite.evaluate` returns.")
+    out += _section("BuildContext", BuildContext,
+                    "What every build function receives: `StageKind.build`, `ModelFamily.build_base` and the "
+                    "function `ModelFamily.trainer(method)` returns.")
+    out += [
+        "`ctx.log(message)` prints one line prefixed with the stage's name (`[train] ...`); use it for",
+        "progress people read. It is not part of the stage's outputs: what a stage writes into `ctx.out`",
+        "must be a function of its inputs (no timings, hosts or dates).",
+        "",
+        "In `ModelFamily.build_base(ctx)`, `ctx.config` is exactly the dict the family's own",
+        "`resolve_base(spec, root)` returned for the recipe's `base` section (`spec` is",
+        "`{\"model\": base.model, \"options\": base.options}`); `ctx.inputs[\"breadth\"]` is the breadth",
+        "stage's output directory (`train.jsonl`, `heldout.jsonl`), and `ctx.input_digests` holds its digest.",
+        "A train stage's `ctx.config` is the resolved training parameters below; its `ctx.inputs` are",
+        "`base`, `train` and `heldout` (JSON-lines files), `replay` (breadth rows) and, for a later step,",
+        "`init` (the previous step's output).",
+        "",
+    ]
+    out += _section("RunInfo", RunInfo, "What the `run_finished(run)` hook receives.")
+    out += _section("StageKind", StageKind, "What `register_stage_kinds(register)` registers.")
+    out += [
+        "A kind's code identity (part of every stage key) is computed from what its `build` function",
+        "reaches: that function, the module-level functions and classes it names, and every module under",
+        "`factory`, `factory_plugins` or the plugin's own package that they import, transitively (imports",
+        "inside functions count). Set `code_version` to pin it yourself instead.",
+        "",
+        "## Training parameters",
+        "",
+        "`ModelFamily.default_train_params(ctx)` returns a dict of these keys (any subset: the recipe's",
+        "explicit values win, and the trainer's defaults fill the rest). The resolved dict is the train",
+        "stage's `ctx.config`; unknown keys are rejected.",
+        "",
+        f"### `sft-lora`: `{SFTParams.__module__}.{SFTParams.__qualname__}`",
+        "",
+        _doc(SFTParams),
+        "",
+        *_params_table(SFTParams),
+        "",
+        f"`lora` is a mapping (`{LoraParams.__module__}.{LoraParams.__qualname__}`):",
+        "",
+        *_params_table(LoraParams),
+        "",
+        f"### `dpo-lora`: `{DPOParams.__module__}.{DPOParams.__qualname__}`",
+        "",
+        _doc(DPOParams),
+        "",
+        *_params_table(DPOParams),
+        "",
+        "## Reading rows",
+        "",
+        f"### `{read_rows.__module__}.read_rows{_sig(read_rows)}`",
+        "",
+        _doc(read_rows),
+        "",
+    ]
+    return "\n".join(out).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")
