@@ -43,12 +43,13 @@ from factory.errors import FactoryError
 
 INDEX_FILE = "index.duckdb"
 PENDING_FILE = ".index-pending"
-INDEX_SCHEMA = "4"
+INDEX_SCHEMA = "5"
 # Files written for DuckDB 2.x readers and 1.x readers alike.
 STORAGE_COMPAT = "v1.0.0"
 RECORD_FILES = (
     "config.json", "dataset.json", "train.json", "train.log", "eval-baseline.json",
     "eval-candidate.json", "decision.json", "run_manifest.json", "events.jsonl", "artifact.json",
+    "training_plan.json",
 )
 
 TABLES_SQL = """
@@ -87,6 +88,11 @@ CREATE TABLE IF NOT EXISTS sample_sets (
     samples_digest VARCHAR, sample_id VARCHAR, skill VARCHAR,
     expected VARCHAR, output VARCHAR, correct BOOLEAN
 );
+CREATE TABLE IF NOT EXISTS train_steps (
+    run_id VARCHAR, position INTEGER, step VARCHAR, stage VARCHAR, method VARCHAR, data VARCHAR,
+    data_digest VARCHAR, starts_from VARCHAR, status VARCHAR, steps INTEGER, lr DOUBLE, settings JSON,
+    final_loss DOUBLE, promote_passed BOOLEAN, promote_reason VARCHAR, promote_criteria JSON
+);
 CREATE TABLE IF NOT EXISTS train_log (
     run_id VARCHAR, step INTEGER, loss DOUBLE, lr DOUBLE, tokens_per_s DOUBLE,
     elapsed_s DOUBLE, heldout_loss DOUBLE
@@ -114,7 +120,8 @@ CREATE OR REPLACE VIEW run_summary AS
            decision, reason
     FROM runs;
 """
-RUN_TABLES = ("runs", "criteria", "evals", "eval_scores", "eval_skills", "train_log", "stages", "ingested")
+RUN_TABLES = ("runs", "criteria", "evals", "eval_scores", "eval_skills", "train_steps", "train_log", "stages",
+              "ingested")
 
 # --- ingest SQL. `paths(run_id, path, sig)` lists the runs being ingested; `{src}` is
 # `(SELECT run_id, content FROM read_text(...))` over one record file of each of them. Each
@@ -139,9 +146,12 @@ _SHAPES = {
         "samples":{"path":"VARCHAR","digest":"VARCHAR"}}]}""".replace("SCORES", _SCORE_MAP),
 }
 _SHAPES["eval-candidate.json"] = _SHAPES["eval-baseline.json"]
+_SHAPES["training_plan.json"] = """{"steps":[{"name":"VARCHAR","stage":"VARCHAR","method":"VARCHAR","data":"VARCHAR",
+    "data_digest":"VARCHAR","starts_from":"VARCHAR","status":"VARCHAR","settings":"JSON","final_loss":"DOUBLE",
+    "promote":{"passed":"BOOLEAN","reason":"VARCHAR","criteria":"JSON"}}]}"""
 _DOC_TABLES = {"config.json": "d_cfg", "run_manifest.json": "d_man", "decision.json": "d_dec",
                "train.json": "d_tr", "dataset.json": "d_ds",
-               "eval-baseline.json": "d_evb", "eval-candidate.json": "d_evc"}
+               "eval-baseline.json": "d_evb", "eval-candidate.json": "d_evc", "training_plan.json": "d_plan"}
 
 # Files that are the same for every run sharing a stage key (the store hardlinks them): read once per key.
 _SHARED = {"dataset.json": "dataset", "eval-baseline.json": "eval-baseline"}
@@ -221,6 +231,20 @@ SELECT run_id, j.step, j.loss, j.lr, j.tokens_per_s, j.elapsed_s, j.heldout_loss
                                           "elapsed_s":"DOUBLE","heldout_loss":"DOUBLE"}') AS j
     FROM (SELECT run_id, unnest(string_split(content, chr(10))) AS line FROM {src})
     WHERE trim(line) <> '' AND json_valid(line))
+"""
+
+# One row per training step: from training_plan.json, or, for a run trained in one section, its train stage.
+_TRAIN_STEPS_SQL = """
+INSERT INTO train_steps
+SELECT run_id, pos, e.name, e.stage, e.method, e.data, e.data_digest, e.starts_from, e.status,
+       TRY_CAST(e.settings->>'$.steps' AS INTEGER), TRY_CAST(e.settings->>'$.lr' AS DOUBLE), e.settings,
+       e.final_loss, e.promote.passed, e.promote.reason, e.promote.criteria
+FROM (SELECT run_id, unnest(j.steps) AS e, generate_subscripts(j.steps, 1) AS pos FROM d_plan WHERE j.steps IS NOT NULL);
+INSERT INTO train_steps
+SELECT c.run_id, 1, 'train', 'train', coalesce(c.j.method, t.j.method), 'data', NULL, 'base', 'trained',
+       TRY_CAST(c.j.train->>'$.steps' AS INTEGER), TRY_CAST(c.j.train->>'$.lr' AS DOUBLE), c.j.train,
+       t.j.final_loss, NULL, NULL, NULL
+FROM d_cfg c JOIN d_tr t ON t.run_id = c.run_id WHERE c.run_id NOT IN (SELECT run_id FROM d_plan);
 """
 
 _STAGES_SQL = """
@@ -525,6 +549,7 @@ def _ingest(con, runs: dict[str, tuple[Path, str]], digests: dict[str, str]) -> 
     con.execute(_SUMMARY_SQL)
     con.execute(_SCORES_SQL.format(table="eval_scores", column="scores"))
     con.execute(_SCORES_SQL.format(table="eval_skills", column="per_skill"))
+    con.execute(_TRAIN_STEPS_SQL)
     con.execute(_TRAIN_LOG_SQL.replace("{src}", _source(con, runs, "train.log")))
     con.execute(_STAGES_SQL.replace("{src}", _source(con, runs, "events.jsonl")))
     con.execute(_BUILD_SECONDS_SQL)

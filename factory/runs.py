@@ -243,8 +243,10 @@ def training_plan(session, plan, keys: dict[str, str]) -> dict[str, Any]:
             "data_digest": (material.get("inputs") or {}).get("train"),
             "starts_from": st.inputs["init"].stage if "init" in st.inputs else "base",
             "settings": plan.config(name), "status": "stopped" if man.get("stopped") else "trained",
-            "promote": None,
+            "final_loss": None, "promote": None,
         }
+        if not man.get("stopped") and "train.json" in (man.get("outputs") or {}):
+            entry["final_loss"] = json.loads(session.store.file(keys[name], "train.json").read_text()).get("final_loss")
         pname = f"promote-{step.name}"
         if pname in plan.stages:
             pman = session.store.manifest(keys[pname]) or {}

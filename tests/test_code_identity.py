@@ -21,7 +21,7 @@ from factory.recipe import load_recipe
 from factory.store import Store
 
 FLAGSHIP = REPO / "recipes" / "pace-planner.yaml"
-STAGES = ["breadth", "dataset", "base", "train", "eval-baseline", "eval-candidate", "decide", "report", "package"]
+STAGES = ["breadth", "dataset", "base", "eval-baseline", "power", "train", "eval-candidate", "decide", "report", "package"]
 
 
 @pytest.fixture(scope="module")
@@ -100,11 +100,12 @@ def test_editing_one_kinds_wrapper_changes_only_that_kind(regs, tmp_path):
         return text.replace("    from factory.report import build_report as run\n",
                             "    from factory.report import build_report as run\n    run = run\n")
 
-    def stop_rule(text):  # stop_in is named by build_decide: decide reaches it
-        return text.replace('f = Path(path) / "stop.json"', 'f = Path(path) / ("stop" + ".json")')
+    def power_line(text):
+        return text.replace("    from factory.gate import build_power as run\n",
+                            "    from factory.gate import build_power as run\n    run = run\n")
 
     assert changed_by(regs, tmp_path, "factory.builtin_stages", report_line) == {"report"}
-    assert changed_by(regs, tmp_path, "factory.builtin_stages", stop_rule) == {"decide"}
+    assert changed_by(regs, tmp_path, "factory.builtin_stages", power_line) == {"power"}
 
 
 def test_the_familys_entry_points_decide_which_stages_it_is_in(regs, tmp_path):
