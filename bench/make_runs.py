@@ -201,6 +201,27 @@ def make_runs(dest: Path, n: int, seed: int = 0, incomplete_every: int = 97, sta
               "params": params, "precheck": {"rows": heldout_n * 4, "masked_ok": heldout_n * 4},
               "adapter": adapter_refs}
         files["train.json"] = _digest(_dump(run / "train.json", ts))
+        if i % 5 == 0:  # one run in five trains in two steps, SFT then DPO, each with a promotion check
+            pr = random.Random(seed * 7_919 + i)
+            passed = pr.random() < 0.7
+            value = round(pr.uniform(0.88, 0.99) if passed else pr.uniform(0.3, 0.94), 3)
+            steps_ = [
+                {"name": "sft", "stage": "train-sft", "method": method, "data": "data",
+                 "data_digest": _key("train", recipe, data_version), "starts_from": "base", "status": "trained",
+                 "settings": params, "final_loss": ts["final_loss"], "key": _key("sft", run_id),
+                 "promote": {"stage": "promote-sft", "criteria": {f"{primary}.valid_json": 0.98}, "passed": True,
+                             "reason": "step sft promoted", "checks": []}},
+                {"name": "dpo", "stage": "train-dpo", "method": "dpo-lora", "data": "near-misses",
+                 "data_digest": _key("pairs", recipe, data_version), "starts_from": "train-sft", "status": "trained",
+                 "settings": {"steps": 100, "lr": pr.choice([1e-5, 5e-5, 2e-4]), "beta": 0.1},
+                 "final_loss": round(pr.uniform(0.3, 0.6), 4), "key": _key("dpo", run_id),
+                 "promote": {"stage": "promote-dpo", "criteria": {f"{primary}.exact_match": 0.95}, "passed": passed,
+                             "reason": (f"step dpo promoted: {primary}.exact_match {value} >= 0.95" if passed else
+                                        f"step dpo not promoted: {primary}.exact_match {value} < 0.95"),
+                             "checks": []}},
+            ]
+            plan = {"schema_version": "1.0", "recipe": recipe, "final": "train-dpo", "steps": steps_}
+            files["training_plan.json"] = _digest(_dump(run / "training_plan.json", plan))
 
         # --- evals: the baseline is shared by every run with the same base and data
         suites = [(primary, rows.rows[recipe]), ("breadth", rows.rows["breadth"]),
