@@ -161,6 +161,35 @@ def flipped_samples(
     return out
 
 
+def training_steps(run: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """A run's training steps, in order: its training_plan.json, or its one train section."""
+    plan = _load(run / "training_plan.json", ("steps",))
+    if plan.get("steps"):
+        return [s for s in plan["steps"] if isinstance(s, dict)]
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    return [{"name": "train", "method": train.get("method") or config.get("method"), "data": "data",
+             "status": "trained", "settings": train, "promote": None}] if train else []
+
+
+def _step_cell(step: dict[str, Any] | None) -> str:
+    if not step:
+        return "-"
+    st = step.get("settings") if isinstance(step.get("settings"), dict) else {}
+    text = f"{step.get('name')}: {step.get('method')} on {step.get('data')}, {st.get('steps')} steps, lr {st.get('lr')}"
+    if step.get("status") == "stopped":
+        text += ", not trained (stopped)"
+    promote = step.get("promote") if isinstance(step.get("promote"), dict) else None
+    if promote and promote.get("passed") is not None:
+        text += "; promoted" if promote["passed"] else f"; not promoted ({promote.get('reason')})"
+    return text
+
+
+def steps_table(per_run: list[list[dict[str, Any]]]) -> list[tuple[int, list[str]]]:
+    """(position, one cell per run) for every step position any run has."""
+    depth = max((len(s) for s in per_run), default=0)
+    return [(i + 1, [_step_cell(s[i] if i < len(s) else None) for s in per_run]) for i in range(depth)]
+
+
 def compare(root: Path, refs: list[str]) -> dict[str, Any]:
     """Everything `factory compare` prints, as data."""
     if len(refs) < 2:
@@ -180,6 +209,7 @@ def compare(root: Path, refs: list[str]) -> dict[str, Any]:
         "stage_keys": differ,
         "shared_stages": same,
         "criteria": criteria_table(decisions),
+        "steps": steps_table([training_steps(r, c) for r, c in zip(runs, configs)]),
         "flipped": flipped_samples([_samples(r, e) for r, e in zip(runs, evals)]),
     }
 
@@ -214,6 +244,14 @@ def cli_compare(root: Path, runs: list[str]) -> int:
         t.add_column(f"[{i + 1}]", overflow="fold")
     t.add_row("decision", *[_show(d) for d in res["decisions"]])
     t.add_row("reason", *[_show(d) for d in res["reasons"]])
+    con.print(t)
+
+    t = Table(title="training steps", show_edge=False, header_style="bold")
+    t.add_column("#")
+    for i in range(len(names)):
+        t.add_column(f"[{i + 1}]", overflow="fold")
+    for pos, cells in res["steps"]:
+        t.add_row(str(pos), *cells)
     con.print(t)
 
     t = Table(title="config differences", show_edge=False, header_style="bold")

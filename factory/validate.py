@@ -94,8 +94,20 @@ def validate_run(run_dir: Path) -> list[str]:
     problems: list[str] = []
     records: dict[str, Any] = {}
 
+    # A check that failed upstream (a training step's promotion, the power check) stops what follows:
+    # those stages left stop records in stopped/ instead of their files, and the decision is the check's.
+    stops: dict[str, dict[str, Any]] = {}
+    if (run_dir / "stopped").is_dir():
+        for p in sorted((run_dir / "stopped").glob("*.json")):
+            try:
+                stops[p.stem] = json.loads(p.read_text())
+            except (OSError, ValueError, UnicodeDecodeError):
+                problems.append(f"stopped/{p.name}: not a readable stop record")
+    explained = {"eval-candidate.json": "eval-candidate" in stops,
+                 "train.json": any(s.startswith("train") for s in stops),
+                 "train.log": any(s.startswith("train") for s in stops)}
     for name in REQUIRED:
-        if not (run_dir / name).exists():
+        if not (run_dir / name).exists() and not explained.get(name):
             problems.append(f"{name}: missing")
 
     for name, cls in RUN_FILES.items():
@@ -187,6 +199,13 @@ def validate_run(run_dir: Path) -> list[str]:
     # The decision must still follow from the evidence.
     decision: Decision | None = records.get("decision.json")
     config: RunConfig | None = records.get("config.json")
+    stop = stops.get("eval-candidate")
+    if decision is not None and isinstance(stop, dict) and isinstance(stop.get("verdict"), dict):
+        verdict = stop["verdict"]
+        if decision.decision != verdict.get("decision") or decision.reason != verdict.get("reason"):
+            problems.append(f"decision.json: says {decision.decision} ({decision.reason}), but the check that stopped "
+                            f"the candidate, {stop.get('stopped_by')}, says {verdict.get('decision')} "
+                            f"({verdict.get('reason')})")
     if decision is not None and config is not None and base_rec is not None and cand_rec is not None:
         evals = config.evals or {}
         primary = evals.get("primary")
@@ -294,6 +313,15 @@ def cli_render(run_dir: str) -> int:
             + (f"{tr.tokens_per_s:,.0f} tokens/s " if tr.tokens_per_s is not None else "")
             + f"on {tr.device}"
         )
+    if (path / "training_plan.json").is_file():
+        from factory.compare import _step_cell, training_steps
+
+        t = Table(title="training steps")
+        for h in ("#", "step"):
+            t.add_column(h)
+        for i, step in enumerate(training_steps(path, {}), 1):
+            t.add_row(str(i), _step_cell(step))
+        console.print(t)
     for p in ev.problems:
         console.print(f"[red]✗[/red] {p}")
     return 0
