@@ -133,6 +133,15 @@ def build_promote(ctx):
         "blocked_by": [f"promote.{step}.{c['criterion']}" for c in failed], "checks": checks})
 
 
+def build_power(ctx):
+    """The power check passes unless the recipe's criteria ask for `primary_min: 1.0` (a bar no set can prove)."""
+    _log(ctx)
+    ok = (ctx.config["criteria"].get("primary_min") or 0) < 1.0
+    _w(ctx, "verdict.json", {"pass": ok, "decision": "blocked", "checks": [], "blocked_by": [] if ok else ["power.primary_min"],
+                             "reason": "held-out sets resolve the margins" if ok else "held-out set too small",
+                             "next_action": None if ok else "raise data.heldout_fraction"})
+
+
 class CountOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     label: str = "rows"
@@ -189,7 +198,8 @@ def register_eval_suites(register):
 @hookimpl
 def register_stage_kinds(register):
     for name, fn in [("dataset", build_dataset), ("base", Fake().build_base), ("train", train),
-                     ("eval", build_eval), ("promote", build_promote), ("package", build_package)]:
+                     ("eval", build_eval), ("promote", build_promote), ("power", build_power),
+                     ("package", build_package)]:
         register(StageKind(name, fn))
     register(StageKind("decide", build_decide, handles_stop=True))
     register(StageKind("report", build_report, handles_stop=True))

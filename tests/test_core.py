@@ -12,7 +12,8 @@ import pytest
 
 from conftest import RECIPE, REPO
 
-ALL = ["breadth", "dataset", "base", "train", "eval-baseline", "eval-candidate", "decide", "report", "package"]
+ALL = ["breadth", "dataset", "base", "eval-baseline", "power", "train", "eval-candidate", "decide", "report",
+       "package"]
 
 
 def poisoned_torch(tmp_path: Path) -> str:
@@ -50,7 +51,8 @@ def test_threshold_rebuilds_only_the_gate_and_after(project):
     project.reset_builds()
     project.set_recipe(RECIPE.replace("primary_min: 0.8", "primary_min: 0.95"))
     project.doit("recipe:demo")
-    assert project.builds() == ["decide", "report", "package"]
+    # the gate: its power pre-check (which reads the criteria) and the decision, then what follows
+    assert project.builds() == ["power", "decide", "report", "package"]
     (new_run,) = set(project.runs()) - {first}
     assert json.loads((new_run / "decision.json").read_text())["decision"] == "rework"
 
@@ -135,11 +137,11 @@ def test_kill_minus_9_leaves_store_consistent_and_redoes_only_that_stage(project
         for rel, entry in json.loads(man.read_text())["outputs"].items():
             obj = store / "objects" / entry["digest"][:2] / entry["digest"]
             assert obj.exists() and hashing.hash_file(obj) == entry["digest"], (man, rel)
-    assert len(list((store / "stages").glob("*.json"))) == 3  # breadth, dataset, base
+    assert len(list((store / "stages").glob("*.json"))) == 5  # breadth, dataset, base, eval-baseline, power
 
     project.reset_builds()
     project.doit("recipe:demo")
-    assert project.builds() == ["train", "eval-baseline", "eval-candidate", "decide", "report", "package"]
+    assert project.builds() == ["train", "eval-candidate", "decide", "report", "package"]
     r = project.factory("cache", "gc")
     assert r.returncode == 0, r.stderr
     assert not any((store / "tmp").iterdir())
