@@ -121,6 +121,27 @@ def run_bare(base, train, init, steps, batch, seed=0) -> float:
     return time.process_time() - t
 
 
+def run_trl(base, train, init, steps, batch, tmp: Path) -> float:
+    """TRL's DPOTrainer on the same adapter and pairs (reference log-probs precomputed, as factory does)."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from factory.records import read_rows
+
+    lm = load(base, init)
+    rows = [{"prompt": lm.format_prompt(r["prompt"]), "chosen": r["answer"], "rejected": r["rejected"]}
+            for r in read_rows(train)]
+    args = DPOConfig(output_dir=str(Path(tempfile.mkdtemp(dir=tmp))), per_device_train_batch_size=batch,
+                     max_steps=steps, learning_rate=5e-4, beta=0.1, report_to=[], use_cpu=True, save_strategy="no",
+                     logging_steps=10_000, precompute_ref_log_probs=True, max_length=None, disable_tqdm=True,
+                     dataloader_num_workers=0)
+    trainer = DPOTrainer(model=lm.model, ref_model=None, args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=lm.tokenizer)
+    t = time.process_time()
+    trainer.train()
+    return time.process_time() - t
+
+
 def main() -> None:
     import os
 
@@ -130,6 +151,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--pairs", type=int, default=256)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--no-trl", action="store_true", help="skip TRL's DPOTrainer")
     args = ap.parse_args()
     os.environ["FACTORY_PROGRESS"] = "0"
     import torch
@@ -137,15 +159,22 @@ def main() -> None:
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="bench-dpo-"))
     base, train, init = setup(tmp, args.pairs)
-    per = {"factory": [], "bare": []}
+    per: dict[str, list[float]] = {"factory": [], "bare": []}
+    sides = [("factory", lambda s: run_trainer(base, train, init, s, args.batch, tmp)),
+             ("bare", lambda s: run_bare(base, train, init, s, args.batch))]
+    if not args.no_trl:
+        per["trl"] = []
+        sides.append(("trl", lambda s: run_trl(base, train, init, s, args.batch, tmp)))
     for _ in range(args.repeats):
-        for name, fn in (("factory", lambda s: run_trainer(base, train, init, s, args.batch, tmp)),
-                         ("bare", lambda s: run_bare(base, train, init, s, args.batch))):
+        for name, fn in sides:
             long_, short = fn(args.steps), fn(args.short)
             per[name].append((long_ - short) / (args.steps - args.short))
     f, b = statistics.median(per["factory"]), statistics.median(per["bare"])
     print(f"CPU seconds per DPO step ({args.batch} pairs, median of {args.repeats}): "
           f"factory {f * 1000:.1f} ms, bare peft+torch {b * 1000:.1f} ms, ratio {f / b:.3f} (target <= 1.10)")
+    if per.get("trl"):
+        tr = statistics.median(per["trl"])
+        print(f"TRL DPOTrainer {tr * 1000:.1f} ms per step: factory / TRL = {f / tr:.3f}")
 
     # the one-off reference pass: one no-grad forward per pair and side, against one training step over all pairs
     import math

@@ -152,3 +152,31 @@ def test_training_lengths_come_from_the_models_positions(tmp_path):
         fam.trainer("sft-lora")(ctx)
         summary = read_record(ctx.out / "train.json", TrainSummary)
         assert summary.steps == 2 and summary.precheck["max_len"] == 64
+
+
+def test_dpo_lora_on_top_of_an_sft_step_with_the_hf_family(tmp_path):
+    """dpo-lora through the hf family: continues the SFT step's adapter and prefers chosen over rejected."""
+    save_toy_model(tmp_path / "models" / "gpt2", "gpt2", init_std=0.02)
+    fam = HFFamily()
+    base = _build_base(fam, tmp_path, "models/gpt2")
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    sft = fam.default_train_params(TrainDefaultsContext("sft-lora", len(ROWS), 5, "cpu", 1, {}))
+    sft.update(steps=8, lr=5e-3, threads=1)
+    sctx = _ctx(tmp_path, "train-sft", sft, {"base": base, "train": data, "heldout": data})
+    fam.trainer("sft-lora")(sctx)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({**r, "rejected": r["answer"][::-1] + "x"}) + "\n" for r in ROWS))
+    dpo = fam.default_train_params(TrainDefaultsContext("dpo-lora", len(ROWS), 5, "cpu", 1, {}))
+    assert dpo["beta"] > 0 and "lora" not in dpo  # the adapter's shape is the first step's
+    dpo.update(steps=10, lr=5e-3, threads=1, batch_size=8)
+    dctx = _ctx(tmp_path, "train-dpo", dpo, {"base": base, "train": pairs, "init": sctx.out})
+    fam.trainer("dpo-lora")(dctx)
+    log = [json.loads(x) for x in (dctx.out / "train.log").read_text().splitlines()]
+    assert len(log) == 10 and log[-1]["reward_margin"] > 0
+    summary = read_record(dctx.out / "train.json", TrainSummary)
+    assert summary.method == "dpo-lora"
+    assert (dctx.out / "adapter" / "adapter_model.safetensors").read_bytes() != \
+        (sctx.out / "adapter" / "adapter_model.safetensors").read_bytes()
+    lm = fam.load(base, dctx.out / "adapter", {"device": "cpu"})
+    assert generate(lm, [r["prompt"] for r in ROWS[:4]], max_new_tokens=4, batch_size=2)
