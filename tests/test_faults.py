@@ -689,7 +689,7 @@ def test_thread_count_is_in_the_train_key(project, fake_env):
     for n in (1, 2):
         recipe.write_text(text.replace("train: {method: sft-lora}", f"train: {{method: sft-lora, options: {{threads: {n}}}}}"))
         s = Session(project.root)
-        for stage in ("breadth", "dataset", "base"):
+        for stage in ("breadth", "dataset", "base", "eval-baseline", "power"):  # what the train key rests on
             s.run_stage("demo", stage)
         assert s.plan("demo").config("train")["threads"] == n
         keys[n] = s.plan("demo").key("train")

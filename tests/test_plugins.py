@@ -87,7 +87,8 @@ def test_allowlist_env_var_loads_only_the_named_plugins(monkeypatch):
     assert [p.name for p in regs.plugins] == ["factory.builtin_stages", "factory_plugins.datasets",
                                               "factory_plugins.evals"]  # the engine's own kinds stay
     assert regs.families.names() == []
-    assert regs.suites.names() == ["breadth", "json-action", "perplexity", "risk-probes"]
+    assert regs.suites.names() == ["benchmark", "breadth", "json-action", "json-schema", "lm-eval", "perplexity",
+                                   "risk-probes"]
 
 
 def test_allowlist_keeps_the_engine_kinds_and_they_yield_to_a_named_plugin(monkeypatch):
