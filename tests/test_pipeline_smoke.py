@@ -24,9 +24,10 @@ def test_small_real_pipeline_builds_validates_and_is_indexed(tmp_path):
                         "base: {family: tiny, model: tiny-llama, options: {steps: 40, eval_rows: 16}}")
     text = re.sub(r"^train: \{(.*)\}$", r"train: {\1, steps: 20}", text, flags=re.M)
     text = text.replace("extra: [perplexity, risk-probes]}", "extra: [perplexity, risk-probes], limit: 24}")
-    # 24 rows cannot resolve a 3-point limit: the power check would block before training (as it should)
-    text = text.replace("breadth_drop_max_pp: 3.0", "breadth_drop_max_pp: 60.0")
-    assert "steps: 40" in text and "steps: 20" in text and "limit: 24" in text and "max_pp: 60.0" in text
+    # 24 rows cannot resolve a 3-point limit, and a 40-step base scores about 0 on breadth, so no drop can
+    # show: the power check would block before training, as it should. This smoke gates the primary only.
+    text = text.replace("criteria: {primary_min: 0.95, breadth_drop_max_pp: 3.0}", "criteria: {primary_min: 0.95}")
+    assert "steps: 40" in text and "steps: 20" in text and "limit: 24" in text and "max_pp" not in text
     (root / "recipes" / "smoke.yaml").write_text(text)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACTORY_")}
 

@@ -31,10 +31,11 @@ def test_dpo_recipe_runs_its_steps_checks_and_placed_stage_on_the_tiny_family(tm
     text += ("stages:\n  merged:\n    kind: merge-lora\n"
              "    inputs: {base: base, adapter: train-sft, rows: 'dataset:heldout.jsonl'}\n"
              "    options: {check_rows: 8}\n")
-    # 16 rows cannot resolve a 3-point limit: the power check would block before training (as it should)
-    text = text.replace("breadth_drop_max_pp: 3.0", "breadth_drop_max_pp: 60.0")
+    # 16 rows cannot resolve a 3-point limit, and a 40-step base scores about 0 on breadth, so no drop can
+    # show: the power check would block before training, as it should. This smoke gates the primary only.
+    text = text.replace("criteria: {primary_min: 0.95, breadth_drop_max_pp: 3.0}", "criteria: {primary_min: 0.95}")
     assert "steps: 40" in text and "steps: 20" in text and "steps: 10" in text and "limit: 16" in text
-    assert "max_pp: 60.0" in text
+    assert "max_pp" not in text
     (root / "recipes" / "steps.yaml").write_text(text)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACTORY_")}
     env["FACTORY_PROGRESS"] = "0"
