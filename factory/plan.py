@@ -284,8 +284,6 @@ class Plan:
             "eval-candidate": Input(stage="eval-candidate"), "train": Input(stage=self.final_train),
             "dataset": Input(stage="dataset"),
         }
-        if len(steps) > 1:  # the report shows the steps side by side
-            report_inputs.update({f"step.{st.name}": Input(stage=f"train-{st.name}") for st in steps})
         rows.append(Stage("report", "report", dict(meta), report_inputs, self._code("report")))
         if r.package:
             rows.append(Stage("package", "package", {**meta, "force": False}, {
