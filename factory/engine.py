@@ -53,13 +53,24 @@ class Session:
             self._settings = settings(self.root)
         return self._settings
 
+    def context(self, recipe: str, stage: str, out: Path, work: Path) -> BuildContext:
+        """What a stage's build receives: its config, inputs, output and scratch directories."""
+        plan = self.plan(recipe)
+        return BuildContext(
+            recipe=plan.recipe, stage=stage, kind=plan.stages[stage].kind, key=plan.key(stage),
+            config=plan.config(stage), inputs=plan.input_paths(stage), out=Path(out), root=self.root,
+            registry=self.regs, work=Path(work), input_digests=plan.input_digests(stage),
+            log=lambda msg: print(f"[{stage}] {msg}", flush=True),
+            extra={"family": plan.family, "session": self},
+        )
+
     def _build(self, recipe: str, ctx: BuildContext, kind: Any) -> None:
         """Run a stage's build here, or as a Ray task where the project says so (factory.executor)."""
         from factory import executor
 
         if executor.wanted(self.settings(), ctx.kind):
             ctx.facts.update(executor.build_on_cluster(
-                self.settings(), str(self.root), recipe, ctx.stage, str(ctx.out), str(ctx.work),
+                remote_build, self.settings(), str(self.root), recipe, ctx.stage, str(ctx.out), str(ctx.work),
                 executor.resources(ctx.recipe, ctx.kind, ctx.stage)))
         else:
             kind.build(ctx)
@@ -165,13 +176,7 @@ class Session:
                 print(f"[{stage}] not built: {stop['stopped_by']} did not pass "
                       f"({stop['verdict'].get('reason', '')})", flush=True)
                 return "stopped"
-            ctx = BuildContext(
-                recipe=plan.recipe, stage=stage, kind=st.kind, key=key, config=plan.config(stage),
-                inputs=plan.input_paths(stage), out=out, root=self.root, registry=self.regs,
-                work=self.store.work_dir(key), input_digests=plan.input_digests(stage),
-                log=lambda msg: print(f"[{stage}] {msg}", flush=True),
-                extra={"family": plan.family, "session": self},
-            )
+            ctx = self.context(recipe, stage, out, self.store.work_dir(key))
             try:
                 self._build(recipe, ctx, kind)
             except BaseException as e:  # noqa: BLE001 - recorded, then re-raised
@@ -202,3 +207,14 @@ class Session:
             if not self.stage_uptodate(recipe, stage):
                 self.run_stage(recipe, stage)
         return runs.finish_run(self, recipe)
+
+
+def remote_build(root: str, recipe: str, stage: str, out: str, work: str) -> dict[str, Any]:
+    """A stage's build where the executor runs it (a Ray worker): plan the recipe from the shared
+    project, build into `out`, and return the build's facts with the node it ran on."""
+    import socket
+
+    s = Session(Path(root))
+    ctx = s.context(recipe, stage, Path(out), Path(work))
+    s.regs.stages.get(ctx.kind).build(ctx)
+    return {**ctx.facts, "ray_node": socket.gethostname(), "ray_pid": os.getpid()}

@@ -162,7 +162,7 @@ def run_eval(root: Path, model: str, suite_args: list[str], adapter: str | None 
     adapter_digest = hashing.digest_tree(adapter_dir) if adapter_dir is not None else None
     config = {"role": role, "family": "hf", "suites": entries, "settings": settings,
               "load": {"device": base_cfg["device"]}}
-    from factory.plan import numerics_versions
+    from factory.stages import numerics_versions
 
     key = hashing.digest_json({
         "kind": "eval-only", "config": config, "code": _code_digest(regs, suites), "libs": numerics_versions(),

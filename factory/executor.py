@@ -19,7 +19,7 @@ Task arguments and results are plain strings and JSON-able dicts.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 from factory.errors import FactoryError
 
@@ -70,11 +70,12 @@ def _init(settings: dict[str, Any]) -> Any:
     return ray
 
 
-def build_on_cluster(settings: dict[str, Any], root: str, recipe: str, stage: str, out: str, work: str,
-                     res: dict[str, float]) -> dict[str, Any]:
-    """Run one stage's build as a Ray task; returns the build's facts (plus the node it ran on)."""
+def build_on_cluster(build: Callable[..., dict[str, Any]], settings: dict[str, Any], root: str, recipe: str,
+                     stage: str, out: str, work: str, res: dict[str, float]) -> dict[str, Any]:
+    """Run one stage's build as a Ray task: `build(root, recipe, stage, out, work)` (the engine's
+    `remote_build`) on a worker; returns the build's facts (plus the node it ran on)."""
     ray = _init(settings)
-    task = ray.remote(_remote_build).options(num_cpus=res["num_cpus"], num_gpus=res["num_gpus"], max_retries=0)
+    task = ray.remote(build).options(num_cpus=res["num_cpus"], num_gpus=res["num_gpus"], max_retries=0)
     try:
         return ray.get(task.remote(root, recipe, stage, out, work))
     except ray.exceptions.RayTaskError as e:
@@ -83,24 +84,3 @@ def build_on_cluster(settings: dict[str, Any], root: str, recipe: str, stage: st
             raise FactoryError(str(cause)) from None
         raise RuntimeError(f"stage {stage} failed on the cluster: {type(cause).__name__}: {cause}") from None
 
-
-def _remote_build(root: str, recipe: str, stage: str, out: str, work: str) -> dict[str, Any]:
-    """Inside the Ray worker: plan the recipe from the shared project, build into `out`, return facts."""
-    from pathlib import Path
-
-    from factory.engine import Session
-    from factory.stages import BuildContext
-
-    s = Session(Path(root))
-    plan = s.plan(recipe)
-    st = plan.stages[stage]
-    ctx = BuildContext(
-        recipe=plan.recipe, stage=stage, kind=st.kind, key=plan.key(stage), config=plan.config(stage),
-        inputs=plan.input_paths(stage), out=Path(out), root=s.root, registry=s.regs, work=Path(work),
-        input_digests=plan.input_digests(stage), log=lambda msg: print(f"[{stage}] {msg}", flush=True),
-        extra={"family": plan.family, "session": s},
-    )
-    s.regs.stages.get(st.kind).build(ctx)
-    import socket
-
-    return {**ctx.facts, "ray_node": socket.gethostname(), "ray_pid": os.getpid()}

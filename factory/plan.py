@@ -22,25 +22,12 @@ from factory.errors import FactoryError
 from factory.fastpath import cuda_available
 from factory.interfaces import TrainDefaultsContext
 from factory.recipe import DataSpec, Recipe
-from factory.stages import Input, Stage, code_identity, stage_key
+from factory.stages import numerics_versions, Input, Stage, code_identity, stage_key
 from factory.store import Store
 
 
 class NotBuilt(Exception):
     """An upstream stage is not in the store yet, so this key cannot be known."""
-
-
-def numerics_versions() -> dict[str, str | None]:
-    """Versions of the libraries whose upgrades change numbers: part of model stages' keys."""
-    from importlib import metadata
-
-    out = {}
-    for pkg in ("torch", "transformers", "peft", "tokenizers"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

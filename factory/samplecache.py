@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import json
 import os
 import tempfile
@@ -34,27 +33,16 @@ from factory import hashing
 _active: contextvars.ContextVar["SampleCache | None"] = contextvars.ContextVar("sample_cache", default=None)
 
 
-@functools.lru_cache(maxsize=1)
-def _libs() -> dict[str, str | None]:
-    from importlib import metadata
-
-    out = {}
-    for pkg in ("torch", "transformers", "peft", "tokenizers"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 class SampleCache:
     """Generations of one loaded model, looked up by their exact inputs and settings."""
 
     def __init__(self, root: Path, model: dict[str, Any]) -> None:
         self.root = Path(root)
-        from factory.ml import generate
+        from factory.stages import module_file, numerics_versions
 
-        self.model = {**model, "libs": _libs(), "code": hashing.digest_file(generate.__file__)}
+        # the generation code's own bytes: found by name, so this module never imports it
+        self.model = {**model, "libs": numerics_versions(),
+                      "code": hashing.digest_file(module_file("factory.ml.generate"))}
         self._model_digest = hashing.digest_json(self.model)
         self.hits = 0
         self.misses = 0

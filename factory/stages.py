@@ -102,6 +102,20 @@ _files: dict[str, str | None] = {}
 _closures: dict[tuple, dict[str, str]] = {}
 
 
+def numerics_versions() -> dict[str, str | None]:
+    """Versions of the libraries whose upgrades change numbers: part of model stages' keys (and of
+    the per-sample generation cache's). Read from package metadata, without importing them."""
+    from importlib import metadata
+
+    out = {}
+    for pkg in ("torch", "transformers", "peft", "tokenizers"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
 def module_file(name: str) -> str | None:
     """The .py file of a module, found without importing it (only its top-level package is looked up)."""
     if name in _files:
