@@ -80,3 +80,12 @@ def register_stage_kinds(register):
                        description="check a training step's checkpoint against its promotion criteria"))
     register(StageKind("package", build_package,
                        description="write artifact.json and the packaged specialist"))
+
+
+@hookimpl(tryfirst=True)
+def run_finished(run):
+    """Publish a shipped run's specialist to specialists/<id>/ (before other handlers see the run)."""
+    if run.decision == "ship" and (run.path / "specialist").is_dir():
+        from factory.specialists import publish_specialist
+
+        publish_specialist(run.path, run.path.parent.parent)  # runs/<id> lives in the project root

@@ -288,10 +288,7 @@ def _after_run(session, recipe: str, run_dir: Path, keys: dict[str, str]) -> Non
         decision = json.loads((run_dir / "decision.json").read_text()).get("decision")
     except (OSError, ValueError):
         pass
-    if decision == "ship" and (run_dir / "specialist").is_dir():
-        from factory.specialists import publish_specialist
-
-        publish_specialist(run_dir, session.root)
+    # Publishing a shipped specialist is a run_finished handler (factory.builtin_stages), like any plugin's.
     info = RunInfo(id=run_dir.name, path=run_dir, recipe=recipe, decision=decision, stage_keys=keys)
     session.regs.pm.hook.run_finished(run=info)
     _refresh_index(session, run_dir)

@@ -114,8 +114,12 @@ def test_run_finished_reaches_every_plugin(tmp_path, monkeypatch):
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     regs = plugins.load(only=["listener_plugin"])
-    regs.pm.hook.run_finished(run="r1")
-    assert sys.modules["listener_plugin"].SEEN == ["r1"]
+    from factory.runs import RunInfo
+
+    # a real RunInfo, as the hookspec says: the engine's own handler (publishing shipped specialists) sees it too
+    run = RunInfo(id="r1", path=tmp_path / "runs" / "r1", recipe="demo", decision="rework", stage_keys={})
+    regs.pm.hook.run_finished(run=run)
+    assert sys.modules["listener_plugin"].SEEN == [run]
 
 
 def test_factory_plugins_command_lists_versions_and_registrations():
