@@ -271,7 +271,8 @@ class Plan:
             "eval-candidate": Input(stage="eval-candidate"), "train": Input(stage=self.final_train),
             "dataset": Input(stage="dataset"),
         }
-        rows.append(Stage("report", "report", dict(meta), report_inputs, self._code("report")))
+        rows.append(Stage("report", "report", {**meta, "primary": r.evals.primary, "regression": r.evals.regression},
+                          report_inputs, self._code("report")))
         if r.package:
             rows.append(Stage("package", "package", {**meta, "force": False}, {
                 "decide": Input(stage="decide"), "train": Input(stage=self.final_train), "base": Input(stage="base"),

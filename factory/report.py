@@ -177,7 +177,32 @@ def criteria_rows(ev: Evidence) -> list[dict[str, str]]:
     return rows
 
 
-def skill_deltas(ev: Evidence, suite: str = "breadth") -> list[dict[str, Any]]:
+def regression_suites(ev: Evidence) -> list[str]:
+    """The suites the recipe declares as regression suites: from the config, else those its decision's
+    regression criteria name (`breadth_drop_max_pp:<suite>`)."""
+    declared = ev.config.get("regression")
+    if declared:
+        return list(declared)
+    crit = ev.decision.criteria if ev.decision is not None else []
+    return sorted({c.name.split(":", 1)[1] for c in crit if c.name.startswith("breadth_drop_max_pp:")})
+
+
+def lower_is_better_suites(ev: Evidence) -> list[str]:
+    """Suites beyond the primary and the regression suites with a rate that says lower is better (risk rates)."""
+    skip = {_primary(ev), *regression_suites(ev)}
+    out = []
+    for s in (ev.candidate.suites if ev.candidate is not None else []):
+        if s.suite not in skip and s.status == "ok" and any(
+                (sc.model_extra or {}).get("higher_is_better", True) is False for sc in s.scores.values()):
+            out.append(s.suite)
+    return out
+
+
+def _title(suite: str) -> str:
+    return suite[:1].upper() + suite[1:]
+
+
+def skill_deltas(ev: Evidence, suite: str) -> list[dict[str, Any]]:
     """Per skill, worst delta first: baseline, candidate, delta and the gate's paired interval (from the samples)."""
     b, c = _suite(ev.baseline, suite), _suite(ev.candidate, suite)
     if b is None or c is None:
@@ -304,18 +329,20 @@ def render_markdown(ev: Evidence) -> str:
     L += _md_table(["suite", "metric", "baseline", "candidate", "candidate 95% CI"], srows)
     L.append("")
 
-    skills = skill_deltas(ev)
-    if skills:
-        L.append("## Breadth by skill")
+    for reg in regression_suites(ev):
+        skills = skill_deltas(ev, reg)
+        if not skills:
+            continue
+        L.append(f"## {_title(reg)} by skill")
         L.append("")
         L += _md_table(["skill", "baseline", "candidate", "delta [95% CI]"],
                        [[s["skill"], fmt(s["baseline"]), fmt(s["candidate"]), fmt_delta(s["delta"], s["interval"])]
                         for s in skills])
         L.append("")
 
-    rp_b, rp_c = _suite(ev.baseline, "risk-probes"), _suite(ev.candidate, "risk-probes")
-    if rp_c and rp_c.status == "ok":
-        L.append("## Risk probes")
+    for risk in lower_is_better_suites(ev):
+        rp_b, rp_c = _suite(ev.baseline, risk), _suite(ev.candidate, risk)
+        L.append(f"## {_title(risk)}")
         L.append("")
         rows = []
         for m, sc in rp_c.scores.items():
@@ -353,7 +380,7 @@ def render_markdown(ev: Evidence) -> str:
 
     L.append("## Worst failing samples")
     L.append("")
-    for suite in [s for s in [_primary(ev), "breadth"] if s]:
+    for suite in [s for s in [_primary(ev), *regression_suites(ev)] if s]:
         worst = worst_samples(ev, suite)
         if not worst:
             continue
@@ -444,7 +471,7 @@ def svg_scores(items: list[tuple[str, Score | None, Score | None]]) -> str:
     return "".join(parts)
 
 
-def svg_skill_deltas(skills: list[dict[str, Any]]) -> str:
+def svg_skill_deltas(skills: list[dict[str, Any]], suite: str = "regression") -> str:
     """Per-skill breadth delta in points, bars around zero, with paired-bootstrap intervals."""
     skills = [s for s in skills if s["delta"] is not None]
     if not skills:
@@ -458,7 +485,7 @@ def svg_skill_deltas(skills: list[dict[str, Any]]) -> str:
     def X(v: float) -> float:
         return mid + v / span * (right - left) / 2
 
-    parts = [f'<svg width="{W}" height="{h}" viewBox="0 0 {W} {h}" role="img" aria-label="breadth deltas by skill">',
+    parts = [f'<svg width="{W}" height="{h}" viewBox="0 0 {W} {h}" role="img" aria-label="{html.escape(suite)} deltas by skill">',
              f'<line x1="{mid}" y1="{PAD - 14}" x2="{mid}" y2="{h - 4}" class="axis"/>',
              f'<text x="{left}" y="{PAD - 18}" class="lab">{-span * 100:+.0f} pp</text>',
              f'<text x="{right}" y="{PAD - 18}" class="lab" text-anchor="end">{span * 100:+.0f} pp</text>']
@@ -550,10 +577,12 @@ def render_html(ev: Evidence) -> str:
             srows.append([name, m, fmt(bs.value if bs else None, unit), fmt(cs.value if cs else None, unit), ci])
     out.append(_html_table(["suite", "metric", "baseline", "candidate", "candidate 95% CI"], srows))
 
-    skills = skill_deltas(ev)
-    if skills:
-        out.append("<h2>Breadth by skill</h2>")
-        out.append(svg_skill_deltas(skills))
+    for reg in regression_suites(ev):
+        skills = skill_deltas(ev, reg)
+        if not skills:
+            continue
+        out.append(f"<h2>{html.escape(_title(reg))} by skill</h2>")
+        out.append(svg_skill_deltas(skills, reg))
         out.append(_html_table(["skill", "baseline", "candidate", "delta [95% CI]"],
                                [[s["skill"], fmt(s["baseline"]), fmt(s["candidate"]), fmt_delta(s["delta"], s["interval"])]
                                 for s in skills]))
@@ -604,7 +633,8 @@ def report_run(run_dir: Path) -> tuple[str, str]:
     if (run_dir / "config.json").is_file():
         raw = json.loads((run_dir / "config.json").read_text())
         config = {"recipe": raw.get("recipe"), "goal": raw.get("goal"), "owner": raw.get("owner"),
-                  "primary": (raw.get("evals") or {}).get("primary")}
+                  "primary": (raw.get("evals") or {}).get("primary"),
+                  "regression": (raw.get("evals") or {}).get("regression")}
     ev = gather({k: run_dir for k in ("decide", "eval-baseline", "eval-candidate", "train", "dataset")}, config)
     return render_markdown(ev), render_html(ev)
 
