@@ -297,6 +297,10 @@ class IndexCorrupt(FactoryError):
     """The index file (or its write-ahead log) cannot be read: it is rebuilt from the run directories."""
 
 
+class IndexMissing(FactoryError):
+    """There is no index file (yet, or another process has just moved a damaged one aside): build it."""
+
+
 CORRUPT_KEEP = 3  # index files moved aside that are kept (the newest), for a look at what went wrong
 
 
@@ -343,11 +347,16 @@ def connect(runs_dir: Path, read_only: bool = True, wait_s: float = 3.0):
     deadline = time.monotonic() + wait_s
     delay = 0.02
     while True:
+        if read_only and not path.exists():
+            raise IndexMissing(f"{path} does not exist yet")
         try:
             if read_only:
                 return _quiet(duckdb.connect(str(path), read_only=True))
             return _writer(duckdb.connect(str(path), config={"storage_compatibility_version": STORAGE_COMPAT}))
         except duckdb.Error as e:
+            if read_only and not path.exists():
+                # moved aside by another process between the look and the open: missing, not damaged
+                raise IndexMissing(f"{path} does not exist yet") from None
             if _is_corrupt(e):
                 raise IndexCorrupt(f"{path}: {_first_line(e)}") from None
             if not _is_lock_error(e):
@@ -961,7 +970,7 @@ def _drifted(runs_dir: Path) -> bool:
 
     try:
         con = connect(runs_dir, read_only=True, wait_s=0.5)
-    except IndexCorrupt:
+    except (IndexCorrupt, IndexMissing):
         return True
     except IndexBusy:
         return False  # a writer is at work; the query reports it if it stays busy
@@ -997,13 +1006,27 @@ def query(runs_dir: Path, sql: str, params: Any = None) -> tuple[list[str], list
 
 
 def _query_healed(runs_dir: Path, sql: str, params: Any = None) -> tuple[list[str], list[tuple]]:
-    """`query`, and when it finds the file damaged: move it aside, rebuild, and run the statement again."""
-    try:
-        return query(runs_dir, sql, params)
-    except IndexCorrupt as e:
-        move_aside(Path(runs_dir), str(e))
+    """`query`, and when it finds the file damaged: move it aside, rebuild, and run the statement again;
+    when the file is missing (never built, or moved aside by another process a moment ago): build it."""
+    for attempt in range(3):
+        try:
+            return query(runs_dir, sql, params)
+        except IndexMissing:
+            if attempt == 2:
+                raise
+        except IndexCorrupt as e:
+            if attempt == 2:
+                raise
+            move_aside(Path(runs_dir), str(e))
         refresh(Path(runs_dir))
-        return query(runs_dir, sql, params)
+    raise AssertionError("unreachable")
+
+
+def select(runs_dir: Path, sql: str, params: Any = None) -> tuple[list[str], list[tuple]]:
+    """One read-only statement over an index brought up to date first, as `factory sql` runs it:
+    a run directory the index lacks is ingested, a missing or damaged index is (re)built."""
+    _ready(Path(runs_dir))
+    return _query_healed(Path(runs_dir), sql, params)
 
 
 def _fmt_cell(v: Any) -> str:

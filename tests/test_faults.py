@@ -42,7 +42,9 @@ def complete_runs(runs_dir: Path) -> set[str]:
 
 
 def indexed(runs_dir: Path) -> set[str]:
-    return {r for (r,) in index.query(runs_dir, "SELECT run_id FROM runs")[1]}
+    # through the read path every command takes: a run the index lacks (the build was killed
+    # between the run directory and the index) is ingested on the first read
+    return {r for (r,) in index.select(runs_dir, "SELECT run_id FROM runs")[1]}
 
 
 class _Counting:

@@ -45,13 +45,13 @@ class Reader:
         from factory import index
 
         path = index.index_path(self.runs_dir)
-        if not path.exists():
+        try:
+            self.con = index.connect(self.runs_dir, read_only=True, wait_s=self.wait_s)
+        except index.IndexMissing:
             raise IndexUnavailable(
                 f"{path} does not exist yet",
                 "build a recipe (doit recipe:<name>), or index the run directories that are there with "
-                "`python -m factory.index runs`, then reload this page")
-        try:
-            self.con = index.connect(self.runs_dir, read_only=True, wait_s=self.wait_s)
+                "`python -m factory.index runs`, then reload this page") from None
         except index.IndexBusy as e:
             raise IndexUnavailable(str(e), "a build is updating the index; reload this page in a few seconds") from None
         # nothing typed on the SQL page may read or write files outside the index
