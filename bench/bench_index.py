@@ -51,8 +51,8 @@ for r in rows:
     ts = int(time.time() * 1000)
     run = client.create_run(exp, start_time=ts, tags={"mlflow.runName": r["run_id"]})
     params = [Param(k, str(r[k])) for k in ("recipe", "method", "lr", "steps", "replay", "primary_suite")]
-    metrics = [Metric(k, float(r[k]), ts, 0) for k in ("primary_baseline", "primary_candidate", "breadth_baseline",
-                                                         "breadth_candidate", "breadth_delta_pp") if r[k] is not None]
+    metrics = [Metric(k, float(r[k]), ts, 0) for k in ("primary_baseline", "primary_candidate", "regression_baseline",
+                                                         "regression_candidate", "regression_delta_pp") if r[k] is not None]
     tags = [RunTag("decision", r["decision"]), RunTag("recipe", r["recipe"]), RunTag("week", r["week"])]
     client.log_batch(run.info.run_id, metrics=metrics, params=params, tags=tags)
     client.set_terminated(run.info.run_id)
@@ -85,7 +85,7 @@ def ship_rate_by_lr():
 
 def replay_breadth():
     df = mlflow.search_runs([exp], max_results=100000)
-    return df.groupby("params.replay")["metrics.breadth_delta_pp"].agg(["mean", "count"]).shape
+    return df.groupby("params.replay")["metrics.regression_delta_pp"].agg(["mean", "count"]).shape
 
 def borderline_ships():
     df = mlflow.search_runs([exp], filter_string="tags.decision = 'ship' and metrics.primary_candidate < 0.96",
@@ -149,7 +149,7 @@ def main() -> None:
     # full ingest, fresh process; RUSAGE_CHILDREN holds the largest child's peak RSS
     idx = runs_dir / "index.duckdb"
     idx.unlink(missing_ok=True)
-    secs, out = _timed([sys.executable, "-m", "factory.index", str(runs_dir)])
+    secs, out = _timed([sys.executable, "-m", "factory.cli", "index", "--runs-dir", str(runs_dir)])
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     results["full_ingest_s"] = secs
     results["full_ingest_peak_rss_gib"] = rss
@@ -161,10 +161,10 @@ def main() -> None:
     new = make_runs(runs_dir / ".." / "extra", 1, seed=0, start=a.runs + 1, incomplete_every=0)[0]
     target = runs_dir / ("9999-" + new.name[5:])
     shutil.move(new, target)
-    secs, out = _timed([sys.executable, "-m", "factory.index", str(runs_dir), target.name])
+    secs, out = _timed([sys.executable, "-m", "factory.cli", "index", "--runs-dir", str(runs_dir), target.name])
     results["add_one_run_s"] = secs
     print(f"add one run (whole command): {secs:.3f} s -> {out.strip()}")
-    secs, out = _timed([sys.executable, "-m", "factory.index", str(runs_dir)])
+    secs, out = _timed([sys.executable, "-m", "factory.cli", "index", "--runs-dir", str(runs_dir)])
     results["unchanged_full_scan_s"] = secs
     print(f"refresh with nothing new, scanning every run (whole command): {secs:.3f} s")
     secs, _ = _timed([sys.executable, "-c", "import duckdb"])
@@ -186,7 +186,7 @@ def main() -> None:
     recipes = [r[0] for r in con.execute("SELECT DISTINCT recipe FROM runs ORDER BY 1").fetchall()]
     rows = con.execute(
         "SELECT run_id, recipe, method, lr, steps, replay, primary_suite, primary_baseline, primary_candidate, "
-        "breadth_baseline, breadth_candidate, breadth_delta_pp, decision, "
+        "regression_baseline, regression_candidate, regression_delta_pp, decision, "
         "strftime(date_trunc('week', created), '%Y-%m-%d') AS week FROM run_summary").fetchall()
     cols = [d[0] for d in con.description]
     con.close()

@@ -82,10 +82,36 @@ def register_stage_kinds(register):
                        description="write artifact.json and the packaged specialist"))
 
 
-@hookimpl(tryfirst=True)
-def run_finished(run):
+# After a run: the engine's own run_finished handlers. Publishing goes first, so that every other
+# handler sees the published specialist; the index refresh goes last, so that it reads what they wrote.
+@hookimpl(tryfirst=True, specname="run_finished")
+def publish_shipped(run):
     """Publish a shipped run's specialist to specialists/<id>/ (before other handlers see the run)."""
     if run.decision == "ship" and (run.path / "specialist").is_dir():
         from factory.specialists import publish_specialist
 
         publish_specialist(run.path, run.path.parent.parent)  # runs/<id> lives in the project root
+
+
+@hookimpl(trylast=True, specname="run_finished")
+def refresh_index(run):
+    """Take the run (and any complete run the index lacks) into runs/index.duckdb.
+
+    The index is derived: a build never fails because of it. What this refresh leaves out,
+    the next build's refresh or `factory sql` / `factory runs` takes in (they compare the run
+    directories with the indexed ids before they answer), so the messages below are true.
+    """
+    import sys
+
+    try:
+        from factory import index
+
+        res = index.refresh(run.path.parent, only=[run.id])
+    except Exception as e:  # noqa: BLE001 - the index is derived; one line, and the build goes on
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"factory: {run.id} not in the run index yet ({why}); the next build or `factory sql` takes it in",
+              file=sys.stderr)
+        return
+    if res.get("queued"):
+        print(f"factory: the run index is busy; {run.id} is taken in by the next build or `factory sql`",
+              file=sys.stderr)

@@ -107,15 +107,22 @@ def cmd_run(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from factory.index import cli_runs
+    from factory.commands.index_cmds import cli_runs
 
     return cli_runs(_root(), limit=args.limit)
 
 
 def cmd_sql(args) -> int:
-    from factory.index import cli_sql
+    from factory.commands.index_cmds import cli_sql
 
     return cli_sql(_root(), args.query, fmt=args.format)
+
+
+def cmd_index(args) -> int:
+    from factory.commands.index_cmds import cli_index
+
+    runs_dir = Path(args.runs_dir) if args.runs_dir else _root() / "runs"
+    return cli_index(runs_dir, args.runs, deep=args.deep, rebuild=args.rebuild)
 
 
 def cmd_compare(args) -> int:
@@ -198,6 +205,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("query", nargs="?")
     s.add_argument("--format", choices=["table", "csv", "json"], default="table")
     s.set_defaults(fn=cmd_sql)
+    s = sub.add_parser("index", help="bring the run index up to date now (builds and queries do it themselves)")
+    s.add_argument("runs", nargs="*", help="only look at these run directories (and any the index lacks)")
+    s.add_argument("--runs-dir", metavar="DIR", help="the runs directory (default: the project's runs/)")
+    s.add_argument("--deep", action="store_true", help="check the stat of every file, not only the directory")
+    s.add_argument("--rebuild", action="store_true", help="throw the index away and build it again")
+    s.set_defaults(fn=cmd_index)
     s = sub.add_parser("compare", help="compare runs side by side: config, stage keys, criteria, flipped samples")
     s.add_argument("runs", nargs="+")
     s.set_defaults(fn=cmd_compare)

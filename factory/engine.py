@@ -206,7 +206,7 @@ class Session:
         for stage in plan.order():
             if not self.stage_uptodate(recipe, stage):
                 self.run_stage(recipe, stage)
-        return runs.finish_run(self, recipe)
+        return runs.RunWriter(self, recipe).finish()
 
 
 def remote_build(root: str, recipe: str, stage: str, out: str, work: str) -> dict[str, Any]:

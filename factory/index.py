@@ -21,8 +21,9 @@ Self-healing: every refresh (and every `factory sql` / `factory runs`) compares 
 the run directories with the ids in `ingested` (one directory listing and one query) and takes
 in what is missing, so a run whose build died before its refresh, a refresh that could not get
 the lock, or a write-ahead log cut short by a crash is caught up by the next build or query.
-A build notes the run it moves into place in `runs/.index-new/<run id>` until a refresh has it,
-so even a build with nothing to do refreshes after one killed between its rename and its refresh.
+The refresh after a build is a `run_finished` handler of the engine's own plugin
+(`factory.builtin_stages`); a build killed before its handlers returned leaves its run marked
+unfinished (`factory.runs`), and the next build, even one with nothing to do, runs them again.
 An index file DuckDB cannot read (truncated, overwritten, a checksum that does not match) is
 moved aside as `index.duckdb.corrupt-<time>` with a one-line notice and rebuilt from `runs/`.
 
@@ -43,7 +44,7 @@ from factory.errors import FactoryError
 
 INDEX_FILE = "index.duckdb"
 PENDING_FILE = ".index-pending"
-INDEX_SCHEMA = "5"
+INDEX_SCHEMA = "6"
 # Files written for DuckDB 2.x readers and 1.x readers alike.
 STORAGE_COMPAT = "v1.0.0"
 RECORD_FILES = (
@@ -64,7 +65,7 @@ CREATE TABLE IF NOT EXISTS runs (
     train_seconds DOUBLE, final_loss DOUBLE, best_heldout_loss DOUBLE, tokens_per_s DOUBLE,
     eval_baseline_seconds DOUBLE, eval_candidate_seconds DOUBLE, build_seconds DOUBLE,
     train_rows INTEGER, heldout_rows INTEGER, dropped_rows INTEGER, path VARCHAR,
-    primary_baseline DOUBLE, primary_candidate DOUBLE, breadth_baseline DOUBLE, breadth_candidate DOUBLE
+    primary_baseline DOUBLE, primary_candidate DOUBLE, regression_baseline DOUBLE, regression_candidate DOUBLE
 );
 CREATE TABLE IF NOT EXISTS criteria (
     run_id VARCHAR, name VARCHAR, metric VARCHAR, threshold DOUBLE, threshold_text VARCHAR,
@@ -114,11 +115,22 @@ CREATE OR REPLACE VIEW eval_samples AS
     FROM evals e JOIN sample_sets s USING (samples_digest);
 CREATE OR REPLACE VIEW run_summary AS
     SELECT run_id, recipe, created, method, lr, steps, replay, primary_suite,
-           primary_baseline, primary_candidate, regression_suites[1] AS breadth_suite,
-           breadth_baseline, breadth_candidate,
-           round((breadth_candidate - breadth_baseline) * 100, 2) AS breadth_delta_pp,
+           primary_baseline, primary_candidate, regression_suites[1] AS regression_suite,
+           regression_baseline, regression_candidate,
+           round((regression_candidate - regression_baseline) * 100, 2) AS regression_delta_pp,
            decision, reason
     FROM runs;
+CREATE OR REPLACE VIEW suite_summary AS
+    SELECT r.run_id, r.recipe, e.suite,
+           CASE WHEN e.suite = r.primary_suite THEN 'primary'
+                WHEN list_contains(r.regression_suites, e.suite) THEN 'regression' ELSE 'extra' END AS part,
+           e.metric,
+           max(e.score) FILTER (WHERE e.role = 'baseline') AS baseline,
+           max(e.score) FILTER (WHERE e.role = 'candidate') AS candidate,
+           round((max(e.score) FILTER (WHERE e.role = 'candidate')
+                  - max(e.score) FILTER (WHERE e.role = 'baseline')) * 100, 2) AS delta_pp
+    FROM runs r JOIN evals e ON e.run_id = r.run_id
+    GROUP BY r.run_id, r.recipe, e.suite, part, e.metric;
 """
 RUN_TABLES = ("runs", "criteria", "evals", "eval_scores", "eval_skills", "train_steps", "train_log", "stages",
               "ingested")
@@ -259,13 +271,13 @@ SELECT run_id, j.stage, j.kind, j.key, j.status, TRY_CAST(TRY_CAST(j."start" AS 
 
 # The scores run_summary shows are kept on the run row: the view is read far more often than written.
 _SUMMARY_SQL = """
-UPDATE runs SET primary_baseline = x.pb, primary_candidate = x.pc, breadth_baseline = x.bb, breadth_candidate = x.bc
+UPDATE runs SET primary_baseline = x.pb, primary_candidate = x.pc, regression_baseline = x.rb, regression_candidate = x.rc
 FROM (
     SELECT r.run_id,
         max(e.score) FILTER (WHERE e.role = 'baseline' AND e.suite = r.primary_suite) AS pb,
         max(e.score) FILTER (WHERE e.role = 'candidate' AND e.suite = r.primary_suite) AS pc,
-        max(e.score) FILTER (WHERE e.role = 'baseline' AND e.suite = r.regression_suites[1]) AS bb,
-        max(e.score) FILTER (WHERE e.role = 'candidate' AND e.suite = r.regression_suites[1]) AS bc
+        max(e.score) FILTER (WHERE e.role = 'baseline' AND e.suite = r.regression_suites[1]) AS rb,
+        max(e.score) FILTER (WHERE e.role = 'candidate' AND e.suite = r.regression_suites[1]) AS rc
     FROM runs r JOIN evals e ON e.run_id = r.run_id
     WHERE r.run_id IN (SELECT run_id FROM paths)
     GROUP BY r.run_id) x
@@ -697,7 +709,6 @@ def _refresh_into(con, runs_dir: Path, deep: bool, only: list[str] | None = None
     except Exception:
         con.execute("ROLLBACK")
         raise
-    _clear_expected(con, runs_dir)
     unchanged = len(found) - len(new) - len(changed)
     if only is not None:
         unchanged = con.execute("SELECT count(*) FROM ingested").fetchone()[0] - len(new) - len(changed)
@@ -785,50 +796,6 @@ def _write_pending(pending: Path, only: list[str] | None, reason: str) -> None:
     tmp.write_text(json.dumps({"queued_at": datetime.now(timezone.utc).isoformat(),
                                "pid": os.getpid(), "runs": only, "reason": reason}) + "\n")
     os.replace(tmp, pending)
-
-
-EXPECT_DIR = ".index-new"  # runs/.index-new/<run id>: a run written (or being written) and not yet indexed
-
-
-def expect(runs_dir: Path, run_id: str) -> None:
-    """Note, before a run directory is moved into place, that the index must take it in.
-
-    The refresh that ingests it removes the note; a build killed in between leaves it, and the
-    next build (even one with nothing to do: a listing of this small directory) refreshes.
-    """
-    d = Path(runs_dir) / EXPECT_DIR
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".{run_id}.{os.getpid()}.tmp"
-    tmp.write_text(f"{os.getpid()}\n")
-    os.replace(tmp, d / run_id)
-
-
-def expected(runs_dir: Path) -> list[str]:
-    """Runs noted by `expect` that no refresh has taken in yet."""
-    try:
-        return sorted(n for n in os.listdir(Path(runs_dir) / EXPECT_DIR) if not n.startswith("."))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _clear_expected(con, runs_dir: Path) -> None:
-    """Remove the notes of runs now indexed, and of runs never moved into place by a build now gone."""
-    names = expected(runs_dir)
-    if not names:
-        return
-    have = {r for (r,) in con.execute("SELECT run_id FROM ingested WHERE run_id IN (SELECT unnest($ids))",
-                                      {"ids": names}).fetchall()}
-    d = Path(runs_dir) / EXPECT_DIR
-    for n in names:
-        done = n in have
-        if not done and not (Path(runs_dir) / n).exists():
-            try:
-                pid = int((d / n).read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            done = not pid or not _pid_alive(pid)
-        if done:
-            (d / n).unlink(missing_ok=True)
 
 
 def _run_names(runs_dir: Path) -> set[str]:
@@ -947,7 +914,7 @@ def rebuild(runs_dir: Path) -> dict[str, Any]:
 
 # --- reading -------------------------------------------------------------------------------
 
-def _ready(runs_dir: Path, log=None) -> None:
+def ready(runs_dir: Path, log=None) -> None:
     """Make sure the index holds every complete run directory before it is read.
 
     Refreshes when there is no index, a queued ingest, a directory the index lacks (or an
@@ -1005,7 +972,7 @@ def query(runs_dir: Path, sql: str, params: Any = None) -> tuple[list[str], list
         con.close()
 
 
-def _query_healed(runs_dir: Path, sql: str, params: Any = None) -> tuple[list[str], list[tuple]]:
+def query_healed(runs_dir: Path, sql: str, params: Any = None) -> tuple[list[str], list[tuple]]:
     """`query`, and when it finds the file damaged: move it aside, rebuild, and run the statement again;
     when the file is missing (never built, or moved aside by another process a moment ago): build it."""
     for attempt in range(3):
@@ -1025,134 +992,5 @@ def _query_healed(runs_dir: Path, sql: str, params: Any = None) -> tuple[list[st
 def select(runs_dir: Path, sql: str, params: Any = None) -> tuple[list[str], list[tuple]]:
     """One read-only statement over an index brought up to date first, as `factory sql` runs it:
     a run directory the index lacks is ingested, a missing or damaged index is (re)built."""
-    _ready(Path(runs_dir))
-    return _query_healed(Path(runs_dir), sql, params)
-
-
-def _fmt_cell(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def print_result(cols: list[str], rows: list[tuple], fmt: str = "table", out=None) -> None:
-    out = out or sys.stdout
-    if fmt == "csv":
-        import csv
-
-        w = csv.writer(out, lineterminator="\n")
-        w.writerow(cols)
-        w.writerows(["" if v is None else v for v in r] for r in rows)
-    elif fmt == "json":
-        out.write(json.dumps([dict(zip(cols, r)) for r in rows], default=str, indent=1) + "\n")
-    elif fmt == "table":
-        from rich.console import Console
-        from rich.table import Table
-
-        t = Table(show_edge=False, header_style="bold")
-        for c in cols:
-            t.add_column(c, overflow="fold")
-        for r in rows:
-            t.add_row(*(_fmt_cell(v) for v in r))
-        tty = hasattr(out, "isatty") and out.isatty()
-        Console(file=out, width=None if tty else 240).print(t)  # piped output is not folded at 80 columns
-        out.write(f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n")
-    else:
-        raise FactoryError(f"--format: {fmt!r} is not one of table, csv, json")
-
-
-def _shell(runs_dir: Path, fmt: str) -> int:
-    """A small SQL shell: statements end with ';' (or a line on its own when stdin is not a terminal)."""
-    tty = sys.stdin.isatty()
-    if tty:
-        print(f"factory sql on {index_path(runs_dir)}; end statements with ';', .tables lists tables, .quit leaves")
-    buf: list[str] = []
-    status = 0
-    while True:
-        if tty:
-            sys.stdout.write("sql> " if not buf else " ...> ")
-            sys.stdout.flush()
-        line = sys.stdin.readline()
-        if not line:
-            break
-        s = line.strip()
-        if not buf and s in (".quit", ".exit", "\\q"):
-            break
-        if not buf and s == ".tables":
-            s = "SELECT table_name, table_type FROM information_schema.tables ORDER BY table_name;"
-        if not s and not buf:
-            continue
-        buf.append(s)
-        stmt = " ".join(buf).strip()
-        if not stmt.endswith(";") and tty:
-            continue
-        buf = []
-        try:
-            cols, rows = _query_healed(runs_dir, stmt)
-            if cols:
-                print_result(cols, rows, fmt)
-        except FactoryError as e:
-            print(f"error: {e}", file=sys.stderr)
-            status = 1
-    return status
-
-
-def cli_sql(root: Path, query_text: str | None, fmt: str = "table") -> int:
-    """`factory sql [QUERY] [--format table|csv|json]`; with no query, an interactive shell."""
-    runs_dir = Path(root) / "runs"
-    if fmt not in ("table", "csv", "json"):
-        print(f"factory sql: --format: {fmt!r} is not one of table, csv, json", file=sys.stderr)
-        return 2
-    try:
-        _ready(runs_dir, log=lambda m: print(m, file=sys.stderr))
-        if query_text is None:
-            return _shell(runs_dir, fmt)
-        cols, rows = _query_healed(runs_dir, query_text)
-        print_result(cols, rows, fmt)
-        return 0
-    except FactoryError as e:
-        print(f"factory sql: {e}", file=sys.stderr)
-        return 1
-
-
-def cli_runs(root: Path, limit: int = 20) -> int:
-    """`factory runs`: the newest runs with their decision and primary scores."""
-    runs_dir = Path(root) / "runs"
-    try:
-        _ready(runs_dir, log=lambda m: print(m, file=sys.stderr))
-        cols, rows = _query_healed(
-            runs_dir,
-            "SELECT run_id, created::DATE AS date, recipe, method, lr, decision, primary_suite, "
-            "round(primary_baseline, 3) AS baseline, round(primary_candidate, 3) AS candidate, "
-            "breadth_delta_pp FROM run_summary ORDER BY created DESC, run_id LIMIT ?",
-            [int(limit)],
-        )
-    except FactoryError as e:
-        print(f"factory runs: {e}", file=sys.stderr)
-        return 1
-    if not rows:
-        print(f"no complete runs under {runs_dir}")
-        return 0
-    print_result(cols, rows, "table")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m factory.index RUNS_DIR [RUN ...] [--deep] [--rebuild]`: refresh and print what it did."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m factory.index", description=main.__doc__)
-    p.add_argument("runs_dir", type=Path)
-    p.add_argument("runs", nargs="*", help="only look at these run directories")
-    p.add_argument("--deep", action="store_true", help="check the stat of every file, not only the directory")
-    p.add_argument("--rebuild", action="store_true", help="throw the index away and build it again")
-    a = p.parse_args(argv)
-    res = rebuild(a.runs_dir) if a.rebuild else refresh(a.runs_dir, deep=a.deep, only=a.runs or None)
-    print(json.dumps(res, sort_keys=True))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    ready(Path(runs_dir))
+    return query_healed(Path(runs_dir), sql, params)

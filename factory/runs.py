@@ -3,7 +3,9 @@
 A run is identified by the keys of all its stages; `runs/<date>-<recipe>-<key8>/`
 is created once, in a temporary directory first and renamed into place, so a
 reader never sees half a run. Re-running an unchanged recipe finds the run
-already there and touches nothing.
+already there and touches nothing. Once a run directory is in place (or a build added
+events to it), the `run_finished` handlers receive it: the engine's own plugin publishes a
+shipped specialist and refreshes the run index there, so this module imports neither.
 """
 
 from __future__ import annotations
@@ -39,14 +41,232 @@ class RunInfo:
     decision: str | None
     stage_keys: dict[str, str]
 
+    @classmethod
+    def of(cls, run_dir: Path) -> "RunInfo":
+        """The RunInfo of a run directory, from its manifest and decision."""
+        run_dir = Path(run_dir)
+        man = json.loads((run_dir / "run_manifest.json").read_text())
+        decision = None
+        try:
+            decision = json.loads((run_dir / "decision.json").read_text()).get("decision")
+        except (OSError, ValueError, AttributeError):
+            pass
+        return cls(id=run_dir.name, path=run_dir, recipe=man["recipe"], decision=decision,
+                   stage_keys=dict(man["stage_keys"]))
 
-def stage_keys(session, recipe: str) -> dict[str, str]:
-    plan = session.plan(recipe)
-    return {name: plan.key(name) for name in plan.order()}
+
+class RunWriter:
+    """The run directory of one recipe in a session: its stage keys, whether it is up to date, and
+    writing it (or finding it already written), then handing it to the `run_finished` handlers."""
+
+    def __init__(self, session, recipe: str):
+        self.session = session
+        self.recipe = recipe
+
+    @property
+    def plan(self):
+        return self.session.plan(self.recipe)
+
+    def keys(self) -> dict[str, str]:
+        plan = self.plan
+        return {name: plan.key(name) for name in plan.order()}
+
+    def find(self) -> Path | None:
+        """The complete run directory of the current stage keys, if one exists."""
+        return find_run(self.session.root, self.recipe, run_key(self.keys()))
+
+    def uptodate(self) -> bool:
+        from factory.plan import NotBuilt
+
+        try:
+            keys = self.keys()
+        except NotBuilt:
+            return False
+        if any(self.session.store.manifest(k) is None for k in keys.values()):
+            return False
+        return find_run(self.session.root, self.recipe, run_key(keys)) is not None
+
+    def finish(self) -> Path:
+        """Write (or find) the run directory for the recipe's current stage keys.
+
+        A run directory this build writes or adds events to is marked unfinished until every
+        `run_finished` handler has returned; a build that finds a mark a dead build left runs the
+        handlers for that run again (they are idempotent), so a kill in between loses nothing.
+        """
+        keys = self.keys()
+        rkey = run_key(keys)
+        events = self.events(keys)
+        runs_dir = self.session.root / "runs"
+        existing = find_run(self.session.root, self.recipe, rkey)
+        if existing is not None:
+            if any(e["status"] != "hit" for e in events):
+                mark_unfinished(runs_dir, existing.name)
+                _append_events(existing, events)
+            self.finish_left_over()
+            return existing
+
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        date = datetime.now().strftime("%Y-%m-%d")
+        run_id = f"{date}-{self.recipe}-{rkey[:8]}"
+        _remove_dead_staging(runs_dir)
+        staging = Path(tempfile.mkdtemp(dir=runs_dir, prefix=f".tmp-{os.getpid()}-"))
+        try:
+            self._write(staging, run_id, keys, events)
+            dest = runs_dir / run_id
+            if dest.exists():  # same key built earlier today but left incomplete
+                shutil.rmtree(dest)
+            mark_unfinished(runs_dir, run_id)  # a kill from here until the handlers return: the next build runs them
+            os.replace(staging, dest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self._finished(dest)
+        self.finish_left_over()
+        return dest
+
+    def _write(self, staging: Path, run_id: str, keys: dict[str, str], events: list[dict[str, Any]]) -> None:
+        from factory.records import RunManifest, dump_record
+
+        session, plan = self.session, self.plan
+        for name, key in keys.items():
+            st = plan.stages[name]
+            man = session.store.manifest(key)
+            if man.get("stopped"):  # not built: an upstream check failed; its stop record says which
+                link_outputs(session.store, man, staging / "stopped", only={"stop.json"}, copy=True)
+                os.replace(staging / "stopped" / "stop.json", staging / "stopped" / f"{name}.json")
+                continue
+            if not st.run_files:
+                continue
+            link_outputs(session.store, man, staging / st.run_prefix, copy=True)
+            if name == plan.final_train and st.run_prefix:  # the candidate is the last step's
+                link_outputs(session.store, man, staging, copy=True)
+        if plan.recipe.multi_step or any(plan.stages[n].kind == "promote" for n in keys):
+            (staging / "training_plan.json").write_text(
+                json.dumps(self.training_plan(keys), indent=2, sort_keys=True) + "\n")
+        config = self.config_record(keys)
+        (staging / "config.json").write_text(dump_record(config))
+        if plan.recipe.path and Path(plan.recipe.path).is_file():  # the recipe as built: `factory reproduce` reads it
+            shutil.copyfile(plan.recipe.path, staging / "recipe.yaml")
+        _append_events(staging, events)
+        files = {p.relative_to(staging).as_posix(): hashing.hash_file(p) for p in hashing.tree_files(staging)
+                 if p.name != "events.jsonl"}
+        train_cfg = plan.config(plan.final_train)
+        manifest = RunManifest(
+            run_id=run_id, recipe=self.recipe,
+            recipe_path=os.path.relpath(plan.recipe.path, session.root) if plan.recipe.path else "",
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            git=_git(session.root), versions=_versions(), device=train_cfg.get("device"),
+            seeds={"train": int(plan.recipe.steps()[-1].seed),
+                   **{f"train.{st.name}": int(st.seed) for st in plan.recipe.steps() if plan.recipe.multi_step},
+                   **config.seeds},
+            stage_keys=keys, files=files,
+        )
+        (staging / "run_manifest.json").write_text(dump_record(manifest))
+
+    def _finished(self, run_dir: Path) -> None:
+        """Hand the run to every `run_finished` handler (the engine's own publish the specialist and
+        refresh the index, after a plugin's), then clear its unfinished mark."""
+        self.session.regs.pm.hook.run_finished(run=RunInfo.of(run_dir))
+        (run_dir.parent / UNFINISHED_DIR / run_dir.name).unlink(missing_ok=True)
+
+    def finish_left_over(self) -> None:
+        """Run the handlers of every run a dead build marked unfinished; drop the marks of runs it never
+        moved into place."""
+        runs_dir = self.session.root / "runs"
+        for run_id in unfinished(runs_dir):
+            mark = runs_dir / UNFINISHED_DIR / run_id
+            try:
+                pid = int(mark.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _pid_alive(pid):
+                continue  # its build is still at work
+            run_dir = runs_dir / run_id
+            if (run_dir / "run_manifest.json").is_file():
+                self._finished(run_dir)
+            elif pid != os.getpid():
+                mark.unlink(missing_ok=True)
+
+    def config_record(self, keys: dict[str, str]):
+        from factory.records import SCHEMA_VERSION, BaseModelInfo, RunConfig
+
+        session, plan = self.session, self.plan
+        r = plan.recipe
+        base_digest = session.store.manifest(keys["base"])["output_digest"]
+        return RunConfig(
+            schema_version=SCHEMA_VERSION,
+            recipe=self.recipe,
+            goal=r.goal,
+            owner=r.owner,
+            base=BaseModelInfo(family=r.base.family, model=r.base.model, digest=base_digest),
+            method=r.steps()[-1].method,
+            data=plan.config("dataset"),
+            train=plan.config(plan.final_train),
+            evals={"primary": r.evals.primary, "regression": r.evals.regression, "extra": r.evals.extra,
+                   **plan.config("eval-candidate")["settings"]},
+            criteria=r.criteria.model_dump(mode="json"),
+            stage_keys=keys,
+            stages={name: plan.config(name) for name in keys},
+            stage_outputs={name: session.store.manifest(k)["output_digest"] for name, k in keys.items()},
+            seeds=all_seeds({name: plan.config(name) for name in keys}),
+        )
+
+    def events(self, keys: dict[str, str]) -> list[dict[str, Any]]:
+        """This invocation's events for the recipe's stages; stages it did not touch count as hits."""
+        from factory.records import Event
+
+        mine = [e for e in self.session.invocation_events()
+                if e.get("recipe") == self.recipe or e.get("key") in keys.values()]
+        seen = {e["key"] for e in mine}
+        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        plan = self.plan
+        for name, key in keys.items():
+            if key not in seen:
+                mine.append({"stage": name, "kind": plan.stages[name].kind, "key": key, "status": "hit",
+                             "start": now, "end": now, "seconds": 0.0, "host": platform.node(), "pid": os.getpid()})
+        lines = []
+        for e in mine:
+            e = {k: v for k, v in e.items() if k != "recipe"}
+            lines.append(Event.model_validate(e).model_dump(mode="json", exclude_none=True))
+        return lines
+
+    def training_plan(self, keys: dict[str, str]) -> dict[str, Any]:
+        """training_plan.json: the steps in order, their methods, data digests and settings as resolved,
+        whether each was trained or stopped, and each promotion check's verdict."""
+        store, plan = self.session.store, self.plan
+        steps = []
+        for name, st in plan.stages.items():
+            if st.kind != "train":
+                continue
+            step = plan.steps[name]
+            man = store.manifest(keys[name]) or {}
+            material = man.get("material") or {}
+            entry: dict[str, Any] = {
+                "name": step.name, "stage": name, "key": keys[name], "method": step.method, "data": step.data,
+                "data_digest": (material.get("inputs") or {}).get("train"),
+                "starts_from": st.inputs["init"].stage if "init" in st.inputs else "base",
+                "settings": plan.config(name), "status": "stopped" if man.get("stopped") else "trained",
+                "final_loss": None, "promote": None,
+            }
+            if not man.get("stopped") and "train.json" in (man.get("outputs") or {}):
+                entry["final_loss"] = json.loads(store.file(keys[name], "train.json").read_text()).get("final_loss")
+            pname = f"promote-{step.name}"
+            if pname in plan.stages:
+                pman = store.manifest(keys[pname]) or {}
+                verdict = None
+                if not pman.get("stopped") and "verdict.json" in (pman.get("outputs") or {}):
+                    verdict = json.loads(store.file(keys[pname], "verdict.json").read_text())
+                entry["promote"] = {"stage": pname, "criteria": dict(step.promote),
+                                    "passed": None if verdict is None else bool(verdict.get("pass")),
+                                    "reason": None if verdict is None else verdict.get("reason"),
+                                    "checks": [] if verdict is None else verdict.get("checks", [])}
+            steps.append(entry)
+        return {"schema_version": "1.0", "recipe": plan.recipe.name, "final": plan.final_train, "steps": steps}
 
 
 def run_key(keys: dict[str, str]) -> str:
     return hashing.digest_json(keys)
+
 
 
 def find_run(root: Path, recipe: str, key: str) -> Path | None:
@@ -61,17 +281,6 @@ def find_run(root: Path, recipe: str, key: str) -> Path | None:
     return None
 
 
-def run_uptodate(session, recipe: str) -> bool:
-    from factory.plan import NotBuilt
-
-    try:
-        keys = stage_keys(session, recipe)
-    except NotBuilt:
-        return False
-    if any(session.store.manifest(k) is None for k in keys.values()):
-        return False
-    return find_run(session.root, recipe, run_key(keys)) is not None
-
 
 def _git(root: Path) -> dict[str, Any]:
     try:
@@ -84,42 +293,24 @@ def _git(root: Path) -> dict[str, Any]:
     return {"commit": commit or None, "dirty": dirty if commit else None}
 
 
+
 def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for pkg in ("factory", "torch", "transformers", "peft", "tokenizers", "safetensors", "doit", "duckdb",
-                "pydantic", "pluggy"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
+    from factory.stages import numerics_versions
+
+    # the libraries that change numbers exactly as the stage keys record them, and the rest of the toolchain
+    out: dict[str, str | None] = {"python": platform.python_version(), **numerics_versions()}
+    for pkg in ("factory", "safetensors", "doit", "duckdb", "pydantic", "pluggy"):
+        out[pkg] = _installed(pkg)
     torch = sys.modules.get("torch")  # only if a stage already paid for importing it
     out["cuda"] = getattr(getattr(torch, "version", None), "cuda", None) if torch else None
     return out
 
 
-def _config_record(session, recipe: str, keys: dict[str, str]):
-    from factory.records import SCHEMA_VERSION, BaseModelInfo, RunConfig
-
-    plan = session.plan(recipe)
-    r = plan.recipe
-    base_digest = session.store.manifest(keys["base"])["output_digest"]
-    return RunConfig(
-        schema_version=SCHEMA_VERSION,
-        recipe=recipe,
-        goal=r.goal,
-        owner=r.owner,
-        base=BaseModelInfo(family=r.base.family, model=r.base.model, digest=base_digest),
-        method=r.steps()[-1].method,
-        data=plan.config("dataset"),
-        train=plan.config(plan.final_train),
-        evals={"primary": r.evals.primary, "regression": r.evals.regression, "extra": r.evals.extra,
-               **plan.config("eval-candidate")["settings"]},
-        criteria=r.criteria.model_dump(mode="json"),
-        stage_keys=keys,
-        stages={name: plan.config(name) for name in keys},
-        stage_outputs={name: session.store.manifest(k)["output_digest"] for name, k in keys.items()},
-        seeds=all_seeds({name: plan.config(name) for name in keys}),
-    )
+def _installed(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def all_seeds(obj: Any, where: str = "") -> dict[str, int]:
@@ -138,127 +329,36 @@ def all_seeds(obj: Any, where: str = "") -> dict[str, int]:
     return out
 
 
-def _events_for(session, recipe: str, keys: dict[str, str]) -> list[dict[str, Any]]:
-    """This invocation's events for the recipe's stages; stages it did not touch count as hits."""
-    from factory.records import Event
 
-    mine = [e for e in session.invocation_events() if e.get("recipe") == recipe or e.get("key") in keys.values()]
-    seen = {e["key"] for e in mine}
-    now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-    plan = session.plan(recipe)
-    for name, key in keys.items():
-        if key not in seen:
-            mine.append({"stage": name, "kind": plan.stages[name].kind, "key": key, "status": "hit",
-                         "start": now, "end": now, "seconds": 0.0, "host": platform.node(), "pid": os.getpid()})
-    lines = []
-    for e in mine:
-        e = {k: v for k, v in e.items() if k != "recipe"}
-        lines.append(Event.model_validate(e).model_dump(mode="json", exclude_none=True))
-    return lines
+UNFINISHED_DIR = ".unfinished"  # runs/.unfinished/<run id>: a run whose run_finished handlers have not all returned
 
 
-def finish_run(session, recipe: str) -> Path:
-    """Write (or find) the run directory for the recipe's current stage keys."""
-    from factory.records import RunManifest, dump_record
+def mark_unfinished(runs_dir: Path, run_id: str) -> None:
+    """Note, before a run directory is moved into place or added to, that its handlers must run;
+    written whole or not at all (a kill leaves no half mark)."""
+    d = Path(runs_dir) / UNFINISHED_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{run_id}.{os.getpid()}.tmp"
+    tmp.write_text(f"{os.getpid()}\n")
+    os.replace(tmp, d / run_id)
 
-    keys = stage_keys(session, recipe)
-    rkey = run_key(keys)
-    events = _events_for(session, recipe, keys)
-    existing = find_run(session.root, recipe, rkey)
-    if existing is not None:
-        if any(e["status"] != "hit" for e in events):
-            _append_events(existing, events)
-        # also when nothing was built: the refresh takes in any run an earlier, killed build left out
-        _refresh_index(session, existing)
-        return existing
 
-    runs_dir = session.root / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    date = datetime.now().strftime("%Y-%m-%d")
-    run_id = f"{date}-{recipe}-{rkey[:8]}"
-    _remove_dead_staging(runs_dir)
-    staging = Path(tempfile.mkdtemp(dir=runs_dir, prefix=f".tmp-{os.getpid()}-"))
+def unfinished(runs_dir: Path) -> list[str]:
+    """Runs marked by `mark_unfinished` whose handlers have not all returned (one small listing)."""
     try:
-        plan = session.plan(recipe)
-        for name, key in keys.items():
-            st = plan.stages[name]
-            man = session.store.manifest(key)
-            if man.get("stopped"):  # not built: an upstream check failed; its stop record says which
-                link_outputs(session.store, man, staging / "stopped", only={"stop.json"}, copy=True)
-                os.replace(staging / "stopped" / "stop.json", staging / "stopped" / f"{name}.json")
-                continue
-            if not st.run_files:
-                continue
-            link_outputs(session.store, man, staging / st.run_prefix, copy=True)
-            if name == plan.final_train and st.run_prefix:  # the candidate is the last step's
-                link_outputs(session.store, man, staging, copy=True)
-        if plan.recipe.multi_step or any(plan.stages[n].kind == "promote" for n in keys):
-            (staging / "training_plan.json").write_text(
-                json.dumps(training_plan(session, plan, keys), indent=2, sort_keys=True) + "\n")
-        config = _config_record(session, recipe, keys)
-        (staging / "config.json").write_text(dump_record(config))
-        if plan.recipe.path and Path(plan.recipe.path).is_file():  # the recipe as built: `factory reproduce` reads it
-            shutil.copyfile(plan.recipe.path, staging / "recipe.yaml")
-        _append_events(staging, events)
-        files = {p.relative_to(staging).as_posix(): hashing.hash_file(p) for p in hashing.tree_files(staging)
-                 if p.name != "events.jsonl"}
-        train_cfg = plan.config(plan.final_train)
-        manifest = RunManifest(
-            run_id=run_id, recipe=recipe,
-            recipe_path=os.path.relpath(plan.recipe.path, session.root) if plan.recipe.path else "",
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            git=_git(session.root), versions=_versions(), device=train_cfg.get("device"),
-            seeds={"train": int(plan.recipe.steps()[-1].seed),
-                   **{f"train.{st.name}": int(st.seed) for st in plan.recipe.steps() if plan.recipe.multi_step},
-                   **config.seeds},
-            stage_keys=keys, files=files,
-        )
-        (staging / "run_manifest.json").write_text(dump_record(manifest))
-        dest = runs_dir / run_id
-        if dest.exists():  # same key built earlier today but left incomplete
-            shutil.rmtree(dest)
-        from factory import index
-
-        index.expect(runs_dir, run_id)  # a kill from here to the refresh: the next build refreshes
-        os.replace(staging, dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    _after_run(session, recipe, dest, keys)
-    return dest
+        return sorted(n for n in os.listdir(Path(runs_dir) / UNFINISHED_DIR) if not n.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
-def training_plan(session, plan, keys: dict[str, str]) -> dict[str, Any]:
-    """training_plan.json: the steps in order, their methods, data digests and settings as resolved,
-    whether each was trained or stopped, and each promotion check's verdict."""
-    steps = []
-    for name, st in plan.stages.items():
-        if st.kind != "train":
-            continue
-        step = plan.steps[name]
-        man = session.store.manifest(keys[name]) or {}
-        material = man.get("material") or {}
-        entry: dict[str, Any] = {
-            "name": step.name, "stage": name, "key": keys[name], "method": step.method, "data": step.data,
-            "data_digest": (material.get("inputs") or {}).get("train"),
-            "starts_from": st.inputs["init"].stage if "init" in st.inputs else "base",
-            "settings": plan.config(name), "status": "stopped" if man.get("stopped") else "trained",
-            "final_loss": None, "promote": None,
-        }
-        if not man.get("stopped") and "train.json" in (man.get("outputs") or {}):
-            entry["final_loss"] = json.loads(session.store.file(keys[name], "train.json").read_text()).get("final_loss")
-        pname = f"promote-{step.name}"
-        if pname in plan.stages:
-            pman = session.store.manifest(keys[pname]) or {}
-            verdict = None
-            if not pman.get("stopped") and "verdict.json" in (pman.get("outputs") or {}):
-                verdict = json.loads(session.store.file(keys[pname], "verdict.json").read_text())
-            entry["promote"] = {"stage": pname, "criteria": dict(step.promote),
-                                "passed": None if verdict is None else bool(verdict.get("pass")),
-                                "reason": None if verdict is None else verdict.get("reason"),
-                                "checks": [] if verdict is None else verdict.get("checks", [])}
-        steps.append(entry)
-    return {"schema_version": "1.0", "recipe": plan.recipe.name, "final": plan.final_train, "steps": steps}
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove_dead_staging(runs_dir: Path) -> None:
@@ -266,14 +366,9 @@ def _remove_dead_staging(runs_dir: Path) -> None:
     (`.tmp-<pid>-*` whose process is gone; a kill -9 runs no cleanup)."""
     for d in runs_dir.glob(".tmp-*"):
         pid = d.name.split("-")[1] if d.name.count("-") >= 2 else ""
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
             shutil.rmtree(d, ignore_errors=True)
-        except PermissionError:
-            pass
+
 
 
 def _append_events(run_dir: Path, events: list[dict[str, Any]]) -> None:
@@ -281,37 +376,6 @@ def _append_events(run_dir: Path, events: list[dict[str, Any]]) -> None:
         for e in events:
             f.write(json.dumps(e, sort_keys=True) + "\n")
 
-
-def _after_run(session, recipe: str, run_dir: Path, keys: dict[str, str]) -> None:
-    decision = None
-    try:
-        decision = json.loads((run_dir / "decision.json").read_text()).get("decision")
-    except (OSError, ValueError):
-        pass
-    # Publishing a shipped specialist is a run_finished handler (factory.builtin_stages), like any plugin's.
-    info = RunInfo(id=run_dir.name, path=run_dir, recipe=recipe, decision=decision, stage_keys=keys)
-    session.regs.pm.hook.run_finished(run=info)
-    _refresh_index(session, run_dir)
-
-
-def _refresh_index(session, run_dir: Path) -> None:
-    """Take the run (and any complete run the index lacks) into runs/index.duckdb.
-
-    The index is derived: a build never fails because of it. What this refresh leaves out,
-    the next build's refresh or `factory sql` / `factory runs` takes in (they compare the run
-    directories with the indexed ids before they answer), so the messages below are true.
-    """
-    try:
-        from factory import index
-
-        res = index.refresh(session.root / "runs", only=[run_dir.name])
-    except Exception as e:
-        print(f"factory: {run_dir.name} not in the run index yet ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-              "the next build or `factory sql` takes it in", file=sys.stderr)
-        return
-    if res.get("queued"):
-        print(f"factory: the run index is busy; {run_dir.name} is taken in by the next build or `factory sql`",
-              file=sys.stderr)
 
 
 def resolve_run(root: Path, ref: str) -> Path:

@@ -517,14 +517,15 @@ def publish_specialist(run_dir: Path, root: Path, sign_key: str | Path | None = 
 # --- commands ------------------------------------------------------------------------------
 
 def best_run(root: Path, recipe: str) -> str:
-    """The best shipped run of a recipe, by the index: highest primary score, least breadth loss, newest."""
+    """The best shipped run of a recipe, by the index: highest primary score, least loss on its first
+    regression suite, newest."""
     from factory import index
 
     runs_dir = Path(root) / "runs"
-    index._ready(runs_dir, log=lambda m: print(m, file=sys.stderr))
+    index.ready(runs_dir, log=lambda m: print(m, file=sys.stderr))
     _, rows = index.query(runs_dir, (
         "SELECT run_id FROM run_summary WHERE recipe = ? AND decision = 'ship' "
-        "ORDER BY primary_candidate DESC NULLS LAST, breadth_delta_pp DESC NULLS LAST, created DESC LIMIT 1"),
+        "ORDER BY primary_candidate DESC NULLS LAST, regression_delta_pp DESC NULLS LAST, created DESC LIMIT 1"),
         [recipe])
     if not rows:
         _, known = index.query(runs_dir, "SELECT count(*) FROM runs WHERE recipe = ?", [recipe])

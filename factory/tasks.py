@@ -68,11 +68,11 @@ def _graph(plan) -> dict[str, Any]:
 
 def _remember(recipe: str) -> None:
     """Record what the recipe's complete, up-to-date run rests on, for the next no-op."""
-    from factory.runs import find_run, run_key, stage_keys
+    from factory.runs import RunWriter
 
     s = session()
     plan = s.plan(recipe)
-    run = find_run(ROOT, recipe, run_key(stage_keys(s, recipe)))
+    run = RunWriter(s, recipe).find()
     if run is None:
         return
     paths = set(fastpath.TOUCHED) | {str(run / "decision.json"), str(run / "run_manifest.json")}
@@ -111,10 +111,10 @@ def _run_stage(recipe: str, stage: str):
 
 def _run_uptodate(recipe: str) -> bool:
     from factory.errors import FactoryError
-    from factory.runs import run_uptodate
+    from factory.runs import RunWriter
 
     try:
-        ok = run_uptodate(session(), recipe)
+        ok = RunWriter(session(), recipe).uptodate()
     except FactoryError:
         return False
     if ok:
@@ -122,18 +122,18 @@ def _run_uptodate(recipe: str) -> bool:
     return ok
 
 
-def _index_current() -> bool:
-    from factory.index import expected
+def _runs_finished() -> bool:
+    from factory.runs import unfinished
 
-    return not expected(ROOT / "runs")
+    return not unfinished(ROOT / "runs")
 
 
 def _finish(recipe: str):
     from factory.errors import FactoryError
-    from factory.runs import finish_run
+    from factory.runs import RunWriter
 
     try:
-        run_dir = finish_run(session(), recipe)
+        run_dir = RunWriter(session(), recipe).finish()
         _remember(recipe)
     except FactoryError as e:
         return TaskFailed(f"{recipe}: {e}")
@@ -195,8 +195,8 @@ def task_recipe():
             "doc": graph["doc"],
             "actions": [(_finish, [name])],
             "task_dep": [f"stage:{name}.{s}" for s, _, _ in graph["stages"]],
-            # not up to date while a run waits for the index (a build killed before its refresh)
-            "uptodate": ([True] if fast else [(_run_uptodate, [name])]) + [(_index_current, [])],
+            # not up to date while a run waits for its run_finished handlers (a build killed before they ran)
+            "uptodate": ([True] if fast else [(_run_uptodate, [name])]) + [(_runs_finished, [])],
             "verbosity": 2,
         }
 

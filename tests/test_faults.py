@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 
 from factory import index
+from factory.commands import index_cmds
+from factory.runs import UNFINISHED_DIR, unfinished
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -45,6 +47,11 @@ def indexed(runs_dir: Path) -> set[str]:
     # through the read path every command takes: a run the index lacks (the build was killed
     # between the run directory and the index) is ingested on the first read
     return {r for (r,) in index.select(runs_dir, "SELECT run_id FROM runs")[1]}
+
+
+def not_indexed(runs_dir: Path) -> list[str]:
+    """Complete runs the index file lacks as it is now (a plain read: nothing is ingested)."""
+    return sorted(complete_runs(runs_dir) - {r for (r,) in index.query(runs_dir, "SELECT run_id FROM runs")[1]})
 
 
 class _Counting:
@@ -157,7 +164,7 @@ def test_refresh_killed_at_every_point_loses_no_run(pristine, tmp_path, start):
 
 def _refresh_kills(pristine: Path, tmp_path: Path, start: str, every: bool) -> None:
     """Kill a refresh at its points; the next `factory sql` must hold every complete run."""
-    new = sorted(complete_runs(pristine) - indexed(pristine))[0]
+    new = not_indexed(pristine)[0]
 
     def prepare(dest: Path) -> Path:
         runs = _copy(pristine, dest)
@@ -200,7 +207,7 @@ def _refresh_kills(pristine: Path, tmp_path: Path, start: str, every: bool) -> N
             continue
         err = io.StringIO()
         with redirect_stdout(io.StringIO()), redirect_stderr(err):
-            rc = index.cli_sql(runs.parent, "SELECT count(*) FROM runs", "csv")
+            rc = index_cmds.cli_sql(runs.parent, "SELECT count(*) FROM runs", "csv")
         missing = complete_runs(runs) - indexed(runs)
         lost += len(missing)
         if rc != 0 or missing or "Traceback" in err.getvalue():
@@ -236,12 +243,12 @@ def _damage(runs: Path, how: str) -> None:
 @pytest.mark.parametrize("how", ["truncated", "garbage", "empty", "block", "wal-truncated", "wal-garbage"])
 def test_damaged_index_is_moved_aside_and_rebuilt(pristine, tmp_path, how):
     runs = _copy(pristine, tmp_path / "p" / "runs")
-    added = sorted(complete_runs(runs) - indexed(runs))
+    added = not_indexed(runs)
     index.refresh(runs, only=added[:1])  # small: stays in the write-ahead log
     _damage(runs, how)
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
-        rc = index.cli_sql(runs.parent, "SELECT count(*) AS n FROM runs", "csv")
+        rc = index_cmds.cli_sql(runs.parent, "SELECT count(*) AS n FROM runs", "csv")
     lines = [line for line in err.getvalue().splitlines() if line.strip()]
     missing = complete_runs(runs) - indexed(runs)
     report(f"damaged index ({how})", trials=1, failures=int(rc != 0 or bool(missing)), lost_runs=len(missing))
@@ -259,7 +266,7 @@ def test_damaged_index_is_moved_aside_and_rebuilt(pristine, tmp_path, how):
 def test_a_refresh_that_cannot_get_the_lock_loses_nothing(pristine, tmp_path):
     """The lock held by another process: the build's refresh queues; the marker may even be lost."""
     runs = _copy(pristine, tmp_path / "p" / "runs")
-    new = sorted(complete_runs(runs) - indexed(runs))
+    new = not_indexed(runs)
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent("""
             import sys, time, duckdb
@@ -276,7 +283,7 @@ def test_a_refresh_that_cannot_get_the_lock_loses_nothing(pristine, tmp_path):
         holder.wait()
     (runs / index.PENDING_FILE).unlink()  # even without the marker, the listing finds the runs
     with redirect_stdout(io.StringIO()):
-        assert index.cli_runs(runs.parent) == 0
+        assert index_cmds.cli_runs(runs.parent) == 0
     assert complete_runs(runs) == indexed(runs)
     report("refresh under a held lock", trials=1, failures=0, lost_runs=len(complete_runs(runs) - indexed(runs)))
 
@@ -333,9 +340,9 @@ def _run_dir_kills(project, tmp_path: Path, every: bool) -> None:
         s = Session(root)
         for stage in s.plan("demo").order():
             s.run_stage("demo", stage)
-        runs_mod.finish_run(s, "demo")
+        runs_mod.RunWriter(s, "demo").finish()
 
-    end_of_build = [(runs_mod, "link_outputs"), (runs_mod, "_after_run"), (runs_mod, "_append_events")]
+    end_of_build = [(runs_mod, "link_outputs"), (runs_mod.RunWriter, "_finished"), (runs_mod, "_append_events")]
 
     def finish_dying(root: Path, die_at: int | None, out=None):
         with pytest.MonkeyPatch.context() as mp:
@@ -344,7 +351,7 @@ def _run_dir_kills(project, tmp_path: Path, every: bool) -> None:
             for stage in s.plan("demo").order():
                 s.run_stage("demo", stage)
             points.count, points.die_at = 0, die_at  # only the end of the build is in the count
-            runs_mod.finish_run(s, "demo")
+            runs_mod.RunWriter(s, "demo").finish()
             if out is not None:
                 os.write(out, str(points.count).encode())
 
@@ -365,9 +372,9 @@ def _run_dir_kills(project, tmp_path: Path, every: bool) -> None:
         err = io.StringIO()
         with redirect_stdout(io.StringIO()), redirect_stderr(err):
             finish(root)  # the next build
-        run_dirs = [p for p in (root / "runs").iterdir() if p.is_dir() and p.name != index.EXPECT_DIR]
+        run_dirs = [p for p in (root / "runs").iterdir() if p.is_dir() and p.name != UNFINISHED_DIR]
         complete = complete_runs(root / "runs")
-        bad = (status not in (KILLED, 0) or len(complete) != 1 or len(run_dirs) != 1 or index.expected(root / "runs")
+        bad = (status not in (KILLED, 0) or len(complete) != 1 or len(run_dirs) != 1 or unfinished(root / "runs")
                or complete - indexed(root / "runs") or "Traceback" in err.getvalue())
         lost += len(complete - indexed(root / "runs")) + (1 - len(complete))
         failures += int(bool(bad))
@@ -738,7 +745,7 @@ def _random_build_kills(project, trials: int) -> None:
         runs_dir = root / "runs"
         complete = complete_runs(runs_dir) if runs_dir.exists() else set()
         leftovers = [d.name for d in runs_dir.iterdir()
-                     if d.is_dir() and d.name not in complete and d.name != index.EXPECT_DIR] + index.expected(runs_dir)
+                     if d.is_dir() and d.name not in complete and d.name != UNFINISHED_DIR] + unfinished(runs_dir)
         missing = complete - indexed(runs_dir) if complete else set()
         lost += (1 - len(complete)) + len(missing)
         if r.returncode != 0 or len(complete) != 1 or missing or leftovers or _store_consistent(root) \

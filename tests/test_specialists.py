@@ -230,7 +230,7 @@ def test_cli_package_publishes_a_shipped_run_and_the_index_lists_it(stage_inputs
 def test_best_picks_the_top_shipped_run_through_the_index(tmp_path):
     make_runs(tmp_path / "runs", 120, seed=5)
     best = specialists.best_run(tmp_path, "pace-planner")
-    rows = index.query(tmp_path / "runs", "SELECT run_id, primary_candidate, breadth_delta_pp FROM run_summary "
+    rows = index.query(tmp_path / "runs", "SELECT run_id, primary_candidate, regression_delta_pp FROM run_summary "
                                           "WHERE recipe = 'pace-planner' AND decision = 'ship'")[1]
     top = max(r[1] for r in rows)
     assert best in {r[0] for r in rows if r[1] == top}

@@ -133,7 +133,7 @@ def test_names_and_paths_outside_a_run_directory_are_404(root, client):
 
 def test_a_missing_index_says_what_to_do(tmp_path):
     r = TestClient(create_app(tmp_path)).get("/")
-    assert r.status_code == 503 and "What to do" in r.text and "python -m factory.index runs" in r.text
+    assert r.status_code == 503 and "What to do" in r.text and "factory index" in r.text
     assert not (tmp_path / "runs" / "index.duckdb").exists()  # the browser never writes one
 
 
@@ -175,7 +175,7 @@ def test_a_refresh_is_not_blocked_while_pages_are_served_and_new_runs_show_witho
     try:
         make_runs(root / "runs", 6, seed=9, start=12)
         # the build's refresh runs in its own process, as the engine's does
-        out = subprocess.run([sys.executable, "-m", "factory.index", str(root / "runs")], capture_output=True,
+        out = subprocess.run([sys.executable, "-m", "factory.cli", "index", "--runs-dir", str(root / "runs")], capture_output=True,
                              text=True, check=True).stdout
     finally:
         stop.set()

@@ -34,7 +34,7 @@ SAMPLE_ROWS = 200
 FLIP_ROWS = 100
 DECISIONS = ("ship", "rework", "reject", "blocked")
 RUN_SORTS = {"created": "created", "recipe": "recipe", "decision": "decision", "primary": "primary_candidate",
-             "breadth": "breadth_delta_pp", "lr": "lr", "steps": "steps", "run": "run_id"}
+             "regression": "regression_delta_pp", "lr": "lr", "steps": "steps", "run": "run_id"}
 
 
 def _fmt(v: Any) -> str:
@@ -96,7 +96,7 @@ class Pages:
         if p.get("q"):
             where.append("(run_id ILIKE ? OR reason ILIKE ?)")
             params += [f"%{p['q']}%"] * 2
-        for field, col, op in (("min_primary", "primary_candidate", ">="), ("min_breadth", "breadth_delta_pp", ">=")):
+        for field, col, op in (("min_primary", "primary_candidate", ">="), ("min_regression", "regression_delta_pp", ">=")):
             if p.get(field):
                 try:
                     params.append(float(p[field]))
@@ -111,7 +111,7 @@ class Pages:
         sort = p.get("sort", "created")
         if sort not in RUN_SORTS:
             sort = "created"
-        desc = p.get("dir", "desc" if sort in ("created", "primary", "breadth") else "asc") == "desc"
+        desc = p.get("dir", "desc" if sort in ("created", "primary", "regression") else "asc") == "desc"
         limit = min(max(int(p["limit"]), 1), 5000) if p.get("limit", "").isdigit() else PAGE_ROWS
         offset = int(p["offset"]) if p.get("offset", "").isdigit() else 0
         cond = (" WHERE " + " AND ".join(where)) if where else ""
@@ -120,7 +120,7 @@ class Pages:
                 total = r.scalar(f"SELECT count(*) FROM run_summary{cond}", params)
                 rows = r.rows(
                     "SELECT run_id, recipe, created, method, lr, steps, replay, primary_suite, primary_baseline, "
-                    f"primary_candidate, breadth_delta_pp, decision, reason FROM run_summary{cond} "
+                    f"primary_candidate, regression_suite, regression_delta_pp, decision, reason FROM run_summary{cond} "
                     f"ORDER BY {RUN_SORTS[sort]} {'DESC' if desc else 'ASC'} NULLS LAST, run_id "
                     "LIMIT ? OFFSET ?", params + [limit, offset])
                 recipes = [x[0] for x in r.table("SELECT DISTINCT recipe FROM runs WHERE recipe IS NOT NULL "

@@ -51,7 +51,7 @@ class Reader:
             raise IndexUnavailable(
                 f"{path} does not exist yet",
                 "build a recipe (doit recipe:<name>), or index the run directories that are there with "
-                "`python -m factory.index runs`, then reload this page") from None
+                "`factory index`, then reload this page") from None
         except index.IndexBusy as e:
             raise IndexUnavailable(str(e), "a build is updating the index; reload this page in a few seconds") from None
         # nothing typed on the SQL page may read or write files outside the index
