@@ -28,4 +28,4 @@ def register_stage_kinds(register):
 
 @hookspec
 def run_finished(run):
-    """Called once a run directory is complete; run is a factory.runs.RunInfo."""
+    """Called once a run directory is complete (again when a build adds to it); run is a factory.runs.RunInfo."""

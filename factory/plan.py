@@ -83,6 +83,7 @@ class Plan:
         self.steps: dict[str, Any] = {}  # train stage name -> the recipe's TrainStep
         self.final_train = "train"
         self._libs = numerics_versions()
+        self.breadth = recipe.breadth if recipe.breadth is not None else self._default_data("breadth")
         for stage in self.expand():
             if stage.name in self.stages:
                 raise self._error(f"stages.{stage.name}", f"stage {stage.name!r} is defined twice")
@@ -119,6 +120,22 @@ class Plan:
 
         options.validate(model, data, field, self._where())
         return dict(data or {})
+
+    def _default_data(self, section: str) -> DataSpec:
+        """A data section the recipe leaves out: the one registered dataset source that declares itself
+        its default (`default_for = {section: settings}`), alone, with its default options."""
+        offers = {name: src.default_for[section] for name, src in self.regs.sources.items.items()
+                  if section in (getattr(src, "default_for", None) or {})}
+        if len(offers) != 1:
+            what = (f"the dataset sources {', '.join(sorted(offers))} each declare themselves its default"
+                    if offers else "no registered dataset source declares itself its default")
+            raise self._error(section, f"the recipe has no {section} section and {what}; "
+                                       f"give one ({section}: {{sources: [{{kind: ...}}]}})")
+        (name, settings), = offers.items()
+        from factory import options
+
+        return options.validate(DataSpec, {**settings, "sources": [{"kind": name}]}, section,
+                                f"{self._where()}: the default of dataset source {name}")
 
     # --- the table ---------------------------------------------------------------
 
@@ -177,7 +194,7 @@ class Plan:
         r = self.recipe
         fam = {"family": r.base.family, **self._plugin("family", r.base.family)}
         rows: list[Stage] = [
-            self._data_stage("breadth", "breadth", r.breadth),
+            self._data_stage("breadth", "breadth", self.breadth),
             self._data_stage("dataset", "data", r.data, run_files=True),
             *(self._data_stage(f"dataset-{n}", f"datasets.{n}", d) for n, d in r.datasets.items()),
         ]
@@ -213,7 +230,7 @@ class Plan:
                 "primary": r.evals.primary, "regression": r.evals.regression,
                 "criteria": r.criteria.model_dump(mode="json"),
                 "needs": {n: getattr(s, "needs", "") for n, s, _ in suites},
-                "heldout_fraction": {"heldout": r.data.heldout_fraction, "breadth": r.breadth.heldout_fraction},
+                "heldout_fraction": {"heldout": r.data.heldout_fraction, "breadth": self.breadth.heldout_fraction},
             }, {"eval-baseline": Input(stage="eval-baseline")}, self._code("power"), run_prefix="power/"))
             guard = ["power"]
 

@@ -53,10 +53,6 @@ class DataSpec(Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="dataset-stage settings, e.g. max_chars")
 
 
-def _default_breadth() -> DataSpec:
-    return DataSpec(sources=[SourceSpec(kind="breadth-mix")], heldout_fraction=0.05)
-
-
 class Resources(Strict):
     """What a heavy stage asks of the cluster when it runs as a Ray task; never part of a stage key."""
 
@@ -152,7 +148,9 @@ class Recipe(Strict):
     goal: str = Field("", description="what the specialist is for, in the owner's words")
     owner: str = Field("", description="who answers for it")
     base: BaseSpec = Field(description="the base model the specialist starts from")
-    breadth: DataSpec = Field(default_factory=_default_breadth, description="general-skills corpus for replay and the breadth suite")
+    breadth: DataSpec | None = Field(
+        None, description="general-skills corpus for replay and the breadth suite; left out: the dataset source that "
+                          "declares itself its default (default_for), with its default options")
     data: DataSpec = Field(description="the task's rows: sources, contract, held-out share")
     datasets: dict[str, DataSpec] = Field(
         default_factory=dict, description="further named data sections that training steps can train on"
@@ -296,7 +294,7 @@ def load_recipe(path: Path, root: Path) -> Recipe:
     _check_steps(recipe, rel)
     # Data paths resolve from the recipe's own directory, wherever that is; they must stay in the project.
     recipes_dir = path.parent
-    sections = [("breadth", recipe.breadth), ("data", recipe.data),
+    sections = [*((("breadth", recipe.breadth),) if recipe.breadth is not None else ()), ("data", recipe.data),
                 *((f"datasets.{n}", d) for n, d in recipe.datasets.items())]
     for section, spec in sections:
         for i, src in enumerate(spec.sources):

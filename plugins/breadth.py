@@ -323,6 +323,8 @@ class BreadthMix:
 
     name = "breadth-mix"
     version = __version__
+    # A recipe without a breadth section gets this source alone, with its default options.
+    default_for = {"breadth": {"heldout_fraction": 0.05}}
 
     def files(self, spec: dict[str, Any], root: Path) -> list[Path]:
         parse_options(spec.get("options"))  # fail at plan time, not at build time

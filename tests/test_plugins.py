@@ -128,3 +128,74 @@ def test_factory_plugins_command_lists_versions_and_registrations():
     r = subprocess.run([sys.executable, "-m", "factory.cli", "plugins"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "factory_plugins.tiny" in r.stdout and "family: tiny" in r.stdout
+
+
+def _plan_without_breadth(tmp_path, monkeypatch, sources_module: str):
+    """A demo recipe with no breadth section, planned with enginekit and a module of extra sources."""
+    from conftest import RECIPE
+
+    from factory.plan import Plan
+    from factory.recipe import load_recipe
+    from factory.store import Store
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "default_sources.py").write_text(sources_module)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("default_sources", None)
+    root = tmp_path / "proj"
+    (root / "recipes" / "demo").mkdir(parents=True)
+    (root / "recipes" / "demo" / "lines.txt").write_text("line 0\nline 1\n")
+    text = "".join(line + "\n" for line in RECIPE.splitlines() if not line.startswith("breadth:"))
+    (root / "recipes" / "demo.yaml").write_text(text)
+    regs = plugins.load(only=["enginekit", "default_sources"])
+    return lambda: Plan(load_recipe(root / "recipes" / "demo.yaml", root), root, regs, Store(root / "cache"))
+
+
+SOURCES = (
+    "from factory.hookspecs import hookimpl\n"
+    "import enginekit\n"
+    "class Corpus(enginekit.Lines):\n"
+    "    name = 'corpus'\n"
+    "    default_for = {'breadth': {'heldout_fraction': 0.1}}\n"
+    "class Other(enginekit.Lines):\n"
+    "    name = 'other'\n"
+    "    default_for = {'breadth': {}}\n"
+    "@hookimpl\n"
+    "def register_dataset_sources(register):\n"
+    "    register(Corpus())\n"
+)
+
+
+def test_a_left_out_breadth_section_is_the_one_a_source_declares(tmp_path, monkeypatch):
+    plan = _plan_without_breadth(tmp_path, monkeypatch, SOURCES)()
+    config = plan.config("breadth")
+    assert [s["kind"] for s in config["sources"]] == ["corpus"] and config["heldout_fraction"] == 0.1
+    assert config["sources"][0]["options"] == {}  # the source's own defaults
+
+
+def test_no_default_or_two_defaults_is_one_line_asking_for_the_section(tmp_path, monkeypatch):
+    none = _plan_without_breadth(tmp_path / "none", monkeypatch, "")
+    with pytest.raises(FactoryError, match=r"^recipes/demo.yaml: breadth: the recipe has no breadth section and "
+                                           r"no registered dataset source declares itself its default; give one"):
+        none()
+    two = SOURCES + "    register(Other())\n"
+    both = _plan_without_breadth(tmp_path / "two", monkeypatch, two)
+    with pytest.raises(FactoryError, match="the dataset sources corpus, other each declare themselves its default"):
+        both()
+
+
+def test_the_engine_publishes_first_and_refreshes_the_index_last(tmp_path, monkeypatch):
+    """A plugin's run_finished sees the published specialist, and the index reads what every handler wrote."""
+    (tmp_path / "late_listener.py").write_text(
+        "from factory.hookspecs import hookimpl\n"
+        "@hookimpl\n"
+        "def run_finished(run):\n"
+        "    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    regs = plugins.load(only=["late_listener"])
+    # pluggy calls hookimpls last-registered first, tryfirst ones before, trylast ones after
+    order = [f"{impl.plugin_name.rsplit('.', 1)[-1]}:{impl.function.__name__}"
+             for impl in reversed(regs.pm.hook.run_finished.get_hookimpls())]
+    assert order[0] == "builtin_stages:publish_shipped" and order[-1] == "builtin_stages:refresh_index"
+    assert "late_listener:run_finished" in order[1:-1]
