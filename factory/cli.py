@@ -107,19 +107,19 @@ def cmd_run(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from factory.commands.index_cmds import cli_runs
+    from factory.indexcmd import cli_runs
 
     return cli_runs(_root(), limit=args.limit)
 
 
 def cmd_sql(args) -> int:
-    from factory.commands.index_cmds import cli_sql
+    from factory.indexcmd import cli_sql
 
     return cli_sql(_root(), args.query, fmt=args.format)
 
 
 def cmd_index(args) -> int:
-    from factory.commands.index_cmds import cli_index
+    from factory.indexcmd import cli_index
 
     runs_dir = Path(args.runs_dir) if args.runs_dir else _root() / "runs"
     return cli_index(runs_dir, args.runs, deep=args.deep, rebuild=args.rebuild)

@@ -849,18 +849,10 @@ def move_aside(runs_dir: Path, why: str) -> Path | None:
     return moved
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_litter(runs_dir: Path) -> None:
     """Remove what a refresh killed part-way left: a half-built index, a half-written queue marker."""
+    from factory.runs import pid_alive
+
     try:
         entries = [e.name for e in os.scandir(runs_dir) if e.name.startswith(f".{INDEX_FILE}.")
                    or e.name.startswith(f"{PENDING_FILE}.")]
@@ -869,7 +861,7 @@ def _remove_litter(runs_dir: Path) -> None:
     for name in entries:
         parts = name.split(".")
         pid = next((int(p) for p in parts if p.isdigit()), None)
-        if pid is not None and pid != os.getpid() and not _pid_alive(pid):
+        if pid is not None and pid != os.getpid() and not pid_alive(pid):
             (runs_dir / name).unlink(missing_ok=True)
 
 

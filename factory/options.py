@@ -48,10 +48,13 @@ def known_fields(model: type[BaseModel]) -> list[str]:
     return [f.alias or name for name, f in model.model_fields.items() if not f.exclude]
 
 
-def one_line(err: ValidationError, model: type[BaseModel] | None = None, prefix: str = "") -> str:
-    """The first error of a ValidationError as `prefix.field.path: message`, on one line."""
+def one_line(err: ValidationError, model: type[BaseModel] | None = None, prefix: str = "",
+             noun: str = "option") -> str:
+    """The first error of a ValidationError as `prefix.field.path: message`, on one line; an unknown
+    key lists the known ones (`unknown option; known: ...`, or another `noun`)."""
     first = err.errors()[0]
-    loc = tuple(first["loc"])
+    # discriminated unions put their tag in the path ("__one__", "__steps__"): not a field
+    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("__")))
     path = ".".join(str(p) for p in loc)
     field = f"{prefix}.{path}" if prefix and path else (prefix or path or "(root)")
     msg = first["msg"]
@@ -60,7 +63,7 @@ def one_line(err: ValidationError, model: type[BaseModel] | None = None, prefix:
     elif first["type"] == "extra_forbidden" and model is not None:
         holder = _model_at(model, loc)
         if holder is not None:
-            msg = f"unknown option; known: {', '.join(known_fields(holder))}"
+            msg = f"unknown {noun}; known: {', '.join(known_fields(holder))}"
     return f"{field}: {msg}"
 
 

@@ -191,11 +191,6 @@ class Recipe(Strict):
     path: Path | None = Field(None, exclude=True)
 
 
-def _loc(err: dict) -> str:
-    # Discriminated unions put their tag in the path ("__one__", "__steps__"): not a field of the recipe.
-    return ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p.startswith("__"))) or "(root)"
-
-
 MAX_NODES = 100_000  # a YAML alias bomb expands far past this; a real recipe has a few hundred nodes
 
 
@@ -278,17 +273,9 @@ def load_recipe(path: Path, root: Path) -> Recipe:
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        msg = err["msg"]
-        if err["type"] == "missing":
-            msg = "required field is missing"
-        elif err["type"] == "extra_forbidden":
-            from factory.options import _model_at, known_fields
+        from factory.options import one_line
 
-            holder = _model_at(Recipe, tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("__"))))
-            if holder is not None:
-                msg = f"unknown field; known: {', '.join(known_fields(holder))}"
-        raise FactoryError(f"{rel}: {_loc(err)}: {msg}") from None
+        raise FactoryError(f"{rel}: {one_line(e, Recipe, noun='field')}") from None
     recipe.name = path.stem
     recipe.path = path
     _check_steps(recipe, rel)

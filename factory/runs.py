@@ -179,7 +179,7 @@ class RunWriter:
                 pid = int(mark.read_text().strip() or 0)
             except (OSError, ValueError):
                 pid = 0
-            if pid and pid != os.getpid() and _pid_alive(pid):
+            if pid and pid != os.getpid() and pid_alive(pid):
                 continue  # its build is still at work
             run_dir = runs_dir / run_id
             if (run_dir / "run_manifest.json").is_file():
@@ -351,7 +351,8 @@ def unfinished(runs_dir: Path) -> list[str]:
         return []
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this pid is running (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -366,7 +367,7 @@ def _remove_dead_staging(runs_dir: Path) -> None:
     (`.tmp-<pid>-*` whose process is gone; a kill -9 runs no cleanup)."""
     for d in runs_dir.glob(".tmp-*"):
         pid = d.name.split("-")[1] if d.name.count("-") >= 2 else ""
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(d, ignore_errors=True)
 
 

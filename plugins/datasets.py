@@ -206,10 +206,12 @@ def contract_problem(name: str | None, options: dict[str, Any]) -> tuple[str, st
     try:
         opts = contract.options.model_validate(options or {})
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        msg = "required by this contract" if first["type"] == "missing" else first["msg"]
-        return f"options.{loc}", f"{msg} (contract {name}: {contract.summary})"
+        from factory import options
+
+        field, _, msg = options.one_line(e, contract.options, "options").partition(": ")
+        if e.errors()[0]["type"] == "missing":
+            msg = "required by this contract"
+        return field, f"{msg} (contract {name}: {contract.summary})"
     if isinstance(opts, JsonSchemaContract):
         import jsonschema
 
@@ -608,10 +610,7 @@ class JsonlSource:
         # split is the dataset stage's option; the plan checks the rest against JsonlOptions
         options.validate(JsonlOptions, {k: v for k, v in (spec.get("options") or {}).items() if k != "split"},
                          f"{spec['path']}: options")
-        path = Path(root) / spec["path"]
-        if not path.is_file():
-            raise FactoryError(f"{spec['path']}: no such file")
-        return path
+        return source_file(spec, root, "data.sources: the jsonl source needs a path")
 
     def files(self, spec: dict[str, Any], root: Path) -> list[Path]:
         return [self._path(spec, root)]
@@ -631,6 +630,16 @@ class JsonlSource:
                     continue
                 row.setdefault("id", f"{path.name}:{n}")
                 yield row
+
+
+def source_file(spec: dict[str, Any], root: Path, no_path: str) -> Path:
+    """The file a source's spec names (relative to root); `no_path` is the error when it names none."""
+    if not spec.get("path"):
+        raise FactoryError(no_path)
+    path = Path(root) / spec["path"]
+    if not path.is_file():
+        raise FactoryError(f"{spec['path']}: no such file")
+    return path
 
 
 # --- registration --------------------------------------------------------------

@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from factory.errors import FactoryError
+from factory.fastpath import cuda_available
 from factory.hookspecs import hookimpl
 from factory.interfaces import LoadedModel, TrainDefaultsContext
 
 __version__ = "1.0"
 
-METHODS = ("sft-lora", "dpo-lora")
 PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 
 
@@ -56,16 +55,9 @@ def parse_options(options: dict[str, Any] | None) -> HFBaseOptions:
     return opts
 
 
-def cuda_present() -> bool:
-    """Whether a CUDA device is there, without importing torch (cheap enough for planning)."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    return os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi") is not None
-
-
 def resolve_device_dtype(device: str, dtype: str) -> tuple[str, str]:
     if device == "auto":
-        device = "cuda" if cuda_present() else "cpu"
+        device = "cuda" if cuda_available() else "cpu"
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
     return device, dtype
@@ -120,14 +112,15 @@ class HFFamily:
         (Path(ctx.out) / "base.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
     def default_train_params(self, ctx: TrainDefaultsContext) -> dict[str, Any]:
-        if ctx.method not in METHODS:
-            raise self._unknown_method(ctx.method)
+        from factory.ml.methods import check, thread_setting
+
+        check(self.name, ctx.method)
         gpu = ctx.device.startswith("cuda")
         batch = 16 if gpu else 8
         if ctx.method == "dpo-lora":
             steps = max(50, min(1000, -(-max(ctx.train_rows, 1) // batch)))  # one pass over the pairs
             return {"steps": steps, "lr": 5e-5, "batch_size": batch, "micro_batch_size": 4 if gpu else 2,
-                    "beta": 0.1, "warmup_steps": max(1, steps // 20), "max_len": 1024, **_threads(ctx)}
+                    "beta": 0.1, "warmup_steps": max(1, steps // 20), "max_len": 1024, **thread_setting(ctx.device)}
         # About two epochs, bounded: small sets still get enough updates, big ones do not run for days.
         steps = max(100, min(2000, -(-2 * max(ctx.train_rows, 1) // batch)))
         return {
@@ -138,32 +131,19 @@ class HFFamily:
             "warmup_steps": max(1, steps // 20),
             "eval_every": max(50, steps // 10),
             "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "auto"},
-            **_threads(ctx),
+            **thread_setting(ctx.device),
         }
 
     def trainer(self, method: str) -> Callable[[Any], None]:
-        if method not in METHODS:
-            raise self._unknown_method(method)
+        from factory.ml.methods import trainer  # the engine's shared LoRA trainers (no torch at import)
 
-        if method == "dpo-lora":
-            from factory.ml.dpo import trainer_for as dpo_trainer
-
-            return dpo_trainer(self)
-        from factory.ml.sft import trainer_for  # the engine's shared LoRA trainer (no torch at import)
-
-        return trainer_for(self)
+        return trainer(self, method)
 
     def train_options(self, method: str) -> Any:
         """The pydantic model of a method's settings (checked at plan time)."""
-        if method not in METHODS:
-            raise self._unknown_method(method)
-        if method == "dpo-lora":
-            from factory.ml.dpo import DPOParams
+        from factory.ml.methods import params_model
 
-            return DPOParams
-        from factory.ml.sft import SFTParams
-
-        return SFTParams
+        return params_model(self.name, method)
 
     def load(self, base_dir: Path, adapter_dir: Path | None, settings: dict[str, Any]) -> LoadedModel:
         _offline()
@@ -241,9 +221,6 @@ class HFFamily:
             f"{meta['digest'][:12]}); rebuild the recipe so the base stage records the new weights"
         )
 
-    def _unknown_method(self, method: str) -> FactoryError:
-        return FactoryError(f"train.method: the hf family has no method {method!r}; its methods: {', '.join(METHODS)}")
-
 
 def _plain_formatter(template: str) -> Callable[[str], str]:
     def format_prompt(prompt: str) -> str:
@@ -280,11 +257,3 @@ def _positions(config: Any) -> int | None:
 @hookimpl
 def register_model_families(register):
     register(HFFamily())
-
-
-def _threads(ctx: TrainDefaultsContext) -> dict[str, Any]:
-    """An explicit CPU thread count, so the train key names it: another count gives other bytes."""
-    from factory.ml.threads import default_threads
-
-    n = default_threads(ctx.device)
-    return {} if n is None else {"threads": n}

@@ -24,7 +24,6 @@ from typing import Any, Iterable, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from factory import hashing
-from factory.errors import FactoryError
 from factory.hookspecs import hookimpl
 
 __version__ = "1.0"
@@ -92,12 +91,9 @@ class PerturbedPairs:
     Options = PairOptions
 
     def _path(self, spec: dict[str, Any], root: Path) -> Path:
-        if not spec.get("path"):
-            raise FactoryError("sources: the perturbed-pairs source needs a path (the task's rows)")
-        path = Path(root) / spec["path"]
-        if not path.is_file():
-            raise FactoryError(f"{spec['path']}: no such file")
-        return path
+        from factory_plugins.datasets import source_file
+
+        return source_file(spec, root, "sources: the perturbed-pairs source needs a path (the task's rows)")
 
     def files(self, spec: dict[str, Any], root: Path) -> list[Path]:
         return [self._path(spec, root)]

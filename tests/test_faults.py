@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from factory import index
-from factory.commands import index_cmds
+from factory import indexcmd
 from factory.runs import UNFINISHED_DIR, unfinished
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,7 +207,7 @@ def _refresh_kills(pristine: Path, tmp_path: Path, start: str, every: bool) -> N
             continue
         err = io.StringIO()
         with redirect_stdout(io.StringIO()), redirect_stderr(err):
-            rc = index_cmds.cli_sql(runs.parent, "SELECT count(*) FROM runs", "csv")
+            rc = indexcmd.cli_sql(runs.parent, "SELECT count(*) FROM runs", "csv")
         missing = complete_runs(runs) - indexed(runs)
         lost += len(missing)
         if rc != 0 or missing or "Traceback" in err.getvalue():
@@ -248,7 +248,7 @@ def test_damaged_index_is_moved_aside_and_rebuilt(pristine, tmp_path, how):
     _damage(runs, how)
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
-        rc = index_cmds.cli_sql(runs.parent, "SELECT count(*) AS n FROM runs", "csv")
+        rc = indexcmd.cli_sql(runs.parent, "SELECT count(*) AS n FROM runs", "csv")
     lines = [line for line in err.getvalue().splitlines() if line.strip()]
     missing = complete_runs(runs) - indexed(runs)
     report(f"damaged index ({how})", trials=1, failures=int(rc != 0 or bool(missing)), lost_runs=len(missing))
@@ -283,7 +283,7 @@ def test_a_refresh_that_cannot_get_the_lock_loses_nothing(pristine, tmp_path):
         holder.wait()
     (runs / index.PENDING_FILE).unlink()  # even without the marker, the listing finds the runs
     with redirect_stdout(io.StringIO()):
-        assert index_cmds.cli_runs(runs.parent) == 0
+        assert indexcmd.cli_runs(runs.parent) == 0
     assert complete_runs(runs) == indexed(runs)
     report("refresh under a held lock", trials=1, failures=0, lost_runs=len(complete_runs(runs) - indexed(runs)))
 

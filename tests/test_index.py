@@ -14,7 +14,7 @@ import duckdb
 import pytest
 
 from factory import index
-from factory.commands import index_cmds
+from factory import indexcmd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -242,7 +242,7 @@ def test_refresh_queues_while_another_process_holds_the_index(project, holder, c
 
     proc.kill()
     proc.wait()
-    assert index_cmds.cli_sql(project, "SELECT count(*) AS n FROM runs WHERE run_id = '%s'" % added[0].name, "csv") == 0
+    assert indexcmd.cli_sql(project, "SELECT count(*) AS n FROM runs WHERE run_id = '%s'" % added[0].name, "csv") == 0
     assert capsys.readouterr().out.splitlines() == ["n", "1"]
     assert not (runs_dir / index.PENDING_FILE).exists()
 
@@ -258,33 +258,33 @@ def test_reader_is_told_when_a_write_is_in_progress(project, holder, capsys):
 def test_cli_sql_formats_and_errors(project, capsys):
     runs_dir = project / "runs"
     index.refresh(runs_dir)
-    assert index_cmds.cli_sql(project, "SELECT decision, count(*) AS n FROM runs GROUP BY 1 ORDER BY 1", "json") == 0
+    assert indexcmd.cli_sql(project, "SELECT decision, count(*) AS n FROM runs GROUP BY 1 ORDER BY 1", "json") == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["decision"] for r in rows} <= {"ship", "rework", "reject", "blocked"}
     assert sum(r["n"] for r in rows) == len(_complete(runs_dir))
 
-    assert index_cmds.cli_sql(project, "SELECT recipe FROM runs LIMIT 2", "table") == 0
+    assert indexcmd.cli_sql(project, "SELECT recipe FROM runs LIMIT 2", "table") == 0
     assert "recipe" in capsys.readouterr().out
 
-    assert index_cmds.cli_sql(project, "SELEKT 1", "table") == 1
+    assert indexcmd.cli_sql(project, "SELEKT 1", "table") == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("factory sql: sql: Parser Error") and "\n" not in err
 
-    assert index_cmds.cli_sql(project, "DELETE FROM runs", "table") == 1  # readers cannot change the index
+    assert indexcmd.cli_sql(project, "DELETE FROM runs", "table") == 1  # readers cannot change the index
     assert q(runs_dir, "SELECT count(*) FROM runs")[0][0] == len(_complete(runs_dir))
 
 
 def test_shell_reads_statements_from_stdin(project, monkeypatch, capsys):
     index.refresh(project / "runs")
     monkeypatch.setattr(sys, "stdin", io.StringIO("SELECT 41 + 1 AS answer;\n.tables\n.quit\nSELECT 'not run';\n"))
-    assert index_cmds.cli_sql(project, None, "csv") == 0
+    assert indexcmd.cli_sql(project, None, "csv") == 0
     out = capsys.readouterr().out
     assert "answer\n42\n" in out and "run_summary" in out and "not run" not in out
 
 
 def test_cli_runs_lists_newest_first(project, capsys):
     runs_dir = project / "runs"
-    assert index_cmds.cli_runs(project, limit=3) == 0  # builds the index on first use
+    assert indexcmd.cli_runs(project, limit=3) == 0  # builds the index on first use
     out = capsys.readouterr().out
     newest = q(runs_dir, "SELECT run_id FROM runs ORDER BY created DESC LIMIT 1")[0][0]
     lines = [line for line in out.splitlines() if "-" in line and "━" not in line]

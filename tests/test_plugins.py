@@ -104,8 +104,9 @@ def test_allowlist_keeps_the_engine_kinds_and_they_yield_to_a_named_plugin(monke
     assert not regs.errors
 
 
-def test_run_finished_reaches_every_plugin(tmp_path, monkeypatch):
-    (tmp_path / "listener_plugin.py").write_text(
+def _listener(tmp_path, monkeypatch, name: str):
+    """Load only a plugin module `name` whose run_finished handler appends each run to its SEEN."""
+    (tmp_path / f"{name}.py").write_text(
         "from factory.hookspecs import hookimpl\n"
         "SEEN = []\n"
         "@hookimpl\n"
@@ -113,7 +114,11 @@ def test_run_finished_reaches_every_plugin(tmp_path, monkeypatch):
         "    SEEN.append(run)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    regs = plugins.load(only=["listener_plugin"])
+    return plugins.load(only=[name])
+
+
+def test_run_finished_reaches_every_plugin(tmp_path, monkeypatch):
+    regs = _listener(tmp_path, monkeypatch, "listener_plugin")
     from factory.runs import RunInfo
 
     # a real RunInfo, as the hookspec says: the engine's own handler (publishing shipped specialists) sees it too
@@ -186,14 +191,7 @@ def test_no_default_or_two_defaults_is_one_line_asking_for_the_section(tmp_path,
 
 def test_the_engine_publishes_first_and_refreshes_the_index_last(tmp_path, monkeypatch):
     """A plugin's run_finished sees the published specialist, and the index reads what every handler wrote."""
-    (tmp_path / "late_listener.py").write_text(
-        "from factory.hookspecs import hookimpl\n"
-        "@hookimpl\n"
-        "def run_finished(run):\n"
-        "    pass\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    regs = plugins.load(only=["late_listener"])
+    regs = _listener(tmp_path, monkeypatch, "late_listener")
     # pluggy calls hookimpls last-registered first, tryfirst ones before, trylast ones after
     order = [f"{impl.plugin_name.rsplit('.', 1)[-1]}:{impl.function.__name__}"
              for impl in reversed(regs.pm.hook.run_finished.get_hookimpls())]

@@ -220,8 +220,7 @@ def train_dpo_lora(ctx: Any, lm: Any) -> None:
             progress.stop()
         logf.close()
 
-    from factory import hashing
-    from factory.records import FileRef, TrainSummary, write_record
+    from factory.records import TrainSummary, write_record
 
     out = Path(ctx.out)
     sft.save_adapter(model, out / "adapter")
@@ -233,8 +232,7 @@ def train_dpo_lora(ctx: Any, lm: Any) -> None:
         params=params.model_dump(mode="json"),
         precheck={"pairs": len(rows), "dropped": dropped, "final_reward_accuracy": acc_value,
                   "final_reward_margin": margin_value},
-        adapter=[FileRef(path=f"adapter/{n}", digest=hashing.digest_file(out / "adapter" / n),
-                         size=(out / "adapter" / n).stat().st_size) for n in (sft.ADAPTER_WEIGHTS, sft.ADAPTER_CONFIG)],
+        adapter=sft.adapter_refs(out),
         resumed_from_step=start or None, best_step=None,
         lora_targets=sorted(model.peft_config["default"].target_modules),
         trainable_params=sum(p.numel() for p in trainable),

@@ -255,6 +255,15 @@ def save_adapter(model: Any, dest: Path) -> None:
     (dest / ADAPTER_CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def adapter_refs(out: Path) -> list[Any]:
+    """The FileRefs (path, digest, size) of the adapter `save_adapter` wrote to out/adapter, for train.json."""
+    from factory import hashing
+    from factory.records import FileRef
+
+    return [FileRef(path=f"adapter/{n}", digest=hashing.digest_file(out / "adapter" / n),
+                    size=(out / "adapter" / n).stat().st_size) for n in (ADAPTER_WEIGHTS, ADAPTER_CONFIG)]
+
+
 def load_adapter_weights(model: Any, src: Path) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -675,8 +684,7 @@ def _train(ctx: Any, lm: Any, params: SFTParams) -> None:
         return
 
     # -- outputs
-    from factory import hashing
-    from factory.records import FileRef, TrainSummary, write_record
+    from factory.records import TrainSummary, write_record
 
     out = Path(ctx.out)
     save_adapter(peft_model, out / "adapter")
@@ -690,8 +698,7 @@ def _train(ctx: Any, lm: Any, params: SFTParams) -> None:
         threads=threads if device.type == "cpu" else None,
         peak_vram_gb=round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None,
         params=params.model_dump(mode="json"), precheck=check,
-        adapter=[FileRef(path=f"adapter/{n}", digest=hashing.digest_file(out / "adapter" / n),
-                         size=(out / "adapter" / n).stat().st_size) for n in (ADAPTER_WEIGHTS, ADAPTER_CONFIG)],
+        adapter=adapter_refs(out),
         best_step=best_step,
         lora_targets=sorted(peft_model.peft_config["default"].target_modules),
         trainable_params=sum(p.numel() for p in trainable),

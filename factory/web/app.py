@@ -24,6 +24,7 @@ from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from factory.indexcmd import cell
 from factory.web import charts
 from factory.web.cookbook import examples
 from factory.web.data import IndexUnavailable, QueryError, Reader
@@ -37,14 +38,6 @@ RUN_SORTS = {"created": "created", "recipe": "recipe", "decision": "decision", "
              "regression": "regression_delta_pp", "lr": "lr", "steps": "steps", "run": "run_id"}
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.4g}"
-    return str(v)
-
-
 def _pct(v: Any) -> str:
     return "" if v is None else f"{v * 100:.1f}%"
 
@@ -55,7 +48,7 @@ def _pp(v: Any) -> str:
 
 def _env() -> Environment:
     env = Environment(loader=PackageLoader("factory.web", "templates"), autoescape=select_autoescape(["html"]))
-    env.filters.update(fmt=_fmt, pct=_pct, pp=_pp)
+    env.filters.update(fmt=cell, pct=_pct, pp=_pp)
     return env
 
 

@@ -73,21 +73,14 @@ def native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _options_error(e: ValidationError) -> FactoryError:
-    first = e.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = f"unknown option; the tiny family knows: {', '.join(TinyBaseOptions.model_fields)}"
-    return FactoryError(f"base.options.{loc}: {msg}")
-
-
 def parse_base_options(options: dict[str, Any] | None) -> TinyBaseOptions:
     try:
         opts = TinyBaseOptions.model_validate(options or {})
         opts.check()
     except ValidationError as e:
-        raise _options_error(e) from None
+        from factory import options
+
+        raise FactoryError(options.one_line(e, TinyBaseOptions, "base.options")) from None
     except ValueError as e:
         raise FactoryError(f"base.options: {e}") from None
     if opts.precision == "auto":  # resolved once, here, so the base's key names the arithmetic that built it

@@ -30,7 +30,6 @@ from factory_plugins.tiny.base import (  # noqa: F401 (re-exported: the family's
 __version__ = "1.0"
 
 MODELS = ("tiny-llama",)
-METHODS = ("sft-lora", "dpo-lora")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -61,19 +60,14 @@ class TinyFamily:
 
     def train_options(self, method: str) -> Any:
         """The pydantic model of a method's settings (checked at plan time)."""
-        if method not in METHODS:
-            raise self._unknown_method(method)
-        if method == "dpo-lora":
-            from factory.ml.dpo import DPOParams
+        from factory.ml.methods import params_model
 
-            return DPOParams
-        from factory.ml.sft import SFTParams
-
-        return SFTParams
+        return params_model(self.name, method)
 
     def default_train_params(self, ctx: TrainDefaultsContext) -> dict[str, Any]:
-        if ctx.method not in METHODS:
-            raise self._unknown_method(ctx.method)
+        from factory.ml.methods import check, thread_setting
+
+        check(self.name, ctx.method)
         if ctx.method == "dpo-lora":
             # Preference pairs teach the near misses (wrong day, time, action) apart. Measured on the
             # planner from the flagship's SFT adapter (0.974 exact match), 100 steps of 16 pairs:
@@ -84,7 +78,7 @@ class TinyFamily:
             steps = min(600, max(50, 50 * round(ctx.train_rows / batch / 50)))
             return {"steps": steps, "lr": 1e-5, "batch_size": batch, "beta": 0.5, "sft_weight": 2.0, "seed": 0,
                     "warmup_steps": 10, "max_len": 160, "precision": "bf16" if native_bf16() else "fp32",
-                    **_threads(ctx)}
+                    **thread_setting(ctx.device)}
         # Eleven passes over the task rows, whatever share of each batch the recipe gives to replayed
         # breadth rows (half by default). Measured on the planner with the bf16 base (81% breadth):
         # a quarter of replay over 750 steps (6.5 passes) reached 97.6% with breadth 3.3 points
@@ -104,20 +98,13 @@ class TinyFamily:
             "max_len": 160,
             "precision": "bf16" if native_bf16() else "fp32",
             "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": list(LORA_TARGETS)},
-            **_threads(ctx),
+            **thread_setting(ctx.device),
         }
 
     def trainer(self, method: str) -> Callable[[Any], None]:
-        if method not in METHODS:
-            raise self._unknown_method(method)
+        from factory.ml.methods import trainer  # the engine's shared LoRA trainers (no torch at import)
 
-        if method == "dpo-lora":
-            from factory.ml.dpo import trainer_for as dpo_trainer
-
-            return dpo_trainer(self)
-        from factory.ml.sft import trainer_for  # the engine's shared LoRA trainer (no torch at import)
-
-        return trainer_for(self)
+        return trainer(self, method)
 
     def load(self, base_dir: Path, adapter_dir: Path | None, settings: dict[str, Any]) -> LoadedModel:
         import torch
@@ -148,9 +135,6 @@ class TinyFamily:
             info=info,
         )
 
-    def _unknown_method(self, method: str) -> FactoryError:
-        return FactoryError(f"train.method: the tiny family has no method {method!r}; its methods: {', '.join(METHODS)}")
-
 
 def resolve_device(device: str) -> str:
     """'auto' means CUDA when present, else CPU."""
@@ -159,11 +143,3 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _threads(ctx: TrainDefaultsContext) -> dict[str, Any]:
-    """An explicit CPU thread count, so the train key names it: another count gives other bytes."""
-    from factory.ml.threads import default_threads
-
-    n = default_threads(ctx.device)
-    return {} if n is None else {"threads": n}

@@ -7,6 +7,7 @@ duckdb and rich are imported inside functions: `factory --help` must not pay for
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,12 @@ from factory.errors import FactoryError
 FORMATS = ("table", "csv", "json")
 
 
-def _fmt_cell(v: Any) -> str:
+def cell(v: Any) -> str:
+    """A value as a table cell shows it, in the terminal and on the web pages: empty for null."""
     if v is None:
         return ""
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return "" if math.isnan(v) else f"{v:.4g}"
     return str(v)
 
 
@@ -42,7 +44,7 @@ def print_result(cols: list[str], rows: list[tuple], fmt: str = "table", out=Non
         for c in cols:
             t.add_column(c, overflow="fold")
         for r in rows:
-            t.add_row(*(_fmt_cell(v) for v in r))
+            t.add_row(*(cell(v) for v in r))
         tty = hasattr(out, "isatty") and out.isatty()
         Console(file=out, width=None if tty else 240).print(t)  # piped output is not folded at 80 columns
         out.write(f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n")
