@@ -26,6 +26,7 @@ from typing import Any
 from factory import hashing
 from factory.errors import FactoryError
 from factory.fastpath import note
+from factory.project import UNFINISHED_DIR, unfinished
 from factory.store import link_outputs
 
 RUN_STAGE_FILES = {"dataset", "train", "eval-baseline", "eval-candidate", "decide", "report", "package"}
@@ -329,10 +330,6 @@ def all_seeds(obj: Any, where: str = "") -> dict[str, int]:
     return out
 
 
-
-UNFINISHED_DIR = ".unfinished"  # runs/.unfinished/<run id>: a run whose run_finished handlers have not all returned
-
-
 def mark_unfinished(runs_dir: Path, run_id: str) -> None:
     """Note, before a run directory is moved into place or added to, that its handlers must run;
     written whole or not at all (a kill leaves no half mark)."""
@@ -341,14 +338,6 @@ def mark_unfinished(runs_dir: Path, run_id: str) -> None:
     tmp = d / f".{run_id}.{os.getpid()}.tmp"
     tmp.write_text(f"{os.getpid()}\n")
     os.replace(tmp, d / run_id)
-
-
-def unfinished(runs_dir: Path) -> list[str]:
-    """Runs marked by `mark_unfinished` whose handlers have not all returned (one small listing)."""
-    try:
-        return sorted(n for n in os.listdir(Path(runs_dir) / UNFINISHED_DIR) if not n.startswith("."))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 def pid_alive(pid: int) -> bool:

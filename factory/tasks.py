@@ -123,7 +123,7 @@ def _run_uptodate(recipe: str) -> bool:
 
 
 def _runs_finished() -> bool:
-    from factory.runs import unfinished
+    from factory.project import unfinished
 
     return not unfinished(ROOT / "runs")
 

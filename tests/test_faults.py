@@ -25,7 +25,7 @@ import pytest
 
 from factory import index
 from factory import indexcmd
-from factory.runs import UNFINISHED_DIR, unfinished
+from factory.project import UNFINISHED_DIR, unfinished
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
