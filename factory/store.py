@@ -431,7 +431,3 @@ def _force_rmtree(p: Path) -> None:
         shutil.rmtree(p, onerror=onerror)
     else:
         p.unlink()
-
-
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

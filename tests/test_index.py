@@ -78,6 +78,43 @@ def test_indexed_values_are_the_ones_in_the_run_files(corpus):
         assert crit == sorted((c["name"], c["candidate"], c["passed"]) for c in dec["criteria"])
 
 
+def test_regression_columns_and_suite_rows_name_no_suite(corpus):
+    """run_summary's regression_* is the recipe's first regression suite; suite_summary has every suite."""
+    runs_dir = corpus / "runs"
+    for run in _complete(runs_dir)[::40]:
+        cfg = json.loads((run / "config.json").read_text())
+        scores = {}
+        for role in ("baseline", "candidate"):
+            ev = json.loads((run / f"eval-{role}.json").read_text())
+            for s in ev["suites"]:
+                metric = s.get("primary_metric") or "exact_match"
+                scores[(s["suite"], role)] = s["scores"][metric]["value"]
+        first = cfg["evals"]["regression"][0]
+        row = q(runs_dir, "SELECT regression_suite, regression_baseline, regression_candidate, regression_delta_pp "
+                          "FROM run_summary WHERE run_id = ?", [run.name])
+        b, c = scores[(first, "baseline")], scores[(first, "candidate")]
+        assert row == [(first, b, c, round((c - b) * 100, 2))]
+        rows = q(runs_dir, "SELECT suite, part, baseline, candidate FROM suite_summary WHERE run_id = ? ORDER BY suite",
+                 [run.name])
+        part = {cfg["evals"]["primary"]: "primary", **{r: "regression" for r in cfg["evals"]["regression"]}}
+        # the scores as the evals table holds them (a baseline file is read once per stage key)
+        indexed = {(s, r): v for s, r, v in q(runs_dir, "SELECT suite, role, score FROM evals WHERE run_id = ?",
+                                              [run.name])}
+        assert rows == sorted((suite, part.get(suite, "extra"), indexed[(suite, "baseline")],
+                               indexed[(suite, "candidate")]) for suite in {s for s, _ in scores})
+
+
+def test_factory_index_refreshes_or_rebuilds_and_says_what_it_did(project, capsys):
+    runs_dir = project / "runs"
+    assert indexcmd.cli_index(runs_dir) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["new"] == len(_complete(runs_dir)) and first["queued"] is False
+    assert indexcmd.cli_index(runs_dir, [_complete(runs_dir)[0].name]) == 0
+    assert json.loads(capsys.readouterr().out)["new"] == 0
+    assert indexcmd.cli_index(runs_dir, rebuild=True) == 0
+    assert json.loads(capsys.readouterr().out)["new"] == len(_complete(runs_dir))
+
+
 def test_refresh_reads_only_new_runs(project, monkeypatch):
     runs_dir = project / "runs"
     first = index.refresh(runs_dir)
