@@ -67,6 +67,8 @@ def test_every_recipe_loads_and_its_data_config_is_valid(path):
     recipe = load_recipe(path, ROOT)
     for section in ("breadth", "data"):
         spec = getattr(recipe, section)
+        if spec is None:  # left out: the plan takes the default a dataset source declares (tests/test_plugins.py)
+            continue
         datasets.check_config(
             {"sources": [s.model_dump() for s in spec.sources], "contract": spec.contract,
              "heldout_fraction": spec.heldout_fraction, "options": spec.options},
