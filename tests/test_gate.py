@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from factory import gate, hashing
+from factory import evidence, gate, hashing
 from factory.records import EvalRecord, FileRef, ModelRef, SuiteResult, TrainLogLine, TrainSummary, read_record
 from factory_plugins.evals import breadth, json_action
 
@@ -86,8 +86,8 @@ def run_gate(tmp_path: Path, base_results: dict, cand_results: dict, criteria=CR
     bdir, cdir = tmp_path / "eb", tmp_path / "ec"
     b = write_eval(bdir, "baseline", base_results)
     c = write_eval(cdir, "candidate", cand_results, adapter=adapter, failed=cand_failed)
-    bs, p1 = gate.load_samples(b, bdir)
-    cs, p2 = gate.load_samples(c, cdir)
+    bs, p1 = evidence.load_samples(b, bdir)
+    cs, p2 = evidence.load_samples(c, cdir)
     return gate.decide(b, c, {"baseline": bs, "candidate": cs}, train or train_summary(), criteria, "json-action",
                        ["breadth"], train_log=log, problems=p1 + p2)
 
@@ -161,8 +161,8 @@ def test_blocked_when_samples_edited_or_missing(tmp_path):
     p = cdir / "samples/candidate/json-action.jsonl"
     p.write_text(p.read_text().replace('"correct": false', '"correct": true'))
     (cdir / "samples/candidate/breadth.jsonl").unlink()
-    bs, p1 = gate.load_samples(b, bdir)
-    cs, p2 = gate.load_samples(c, cdir)
+    bs, p1 = evidence.load_samples(b, bdir)
+    cs, p2 = evidence.load_samples(c, cdir)
     d = gate.decide(b, c, {"baseline": bs, "candidate": cs}, train_summary(), CRIT, "json-action", ["breadth"],
                     problems=p1 + p2)
     assert d.decision == "blocked"
