@@ -19,6 +19,18 @@ def _delta(c: dict[str, Any] | None, first: dict[str, Any] | None) -> str:
     return f"{d * 100:+.1f}pp" if both_rates else f"{d:+.4g}"
 
 
+def _table(title: str, firsts: list[str], runs: int, fold: bool = True) -> Any:
+    """A rich table with the given first columns and one column a run ([1], [2], ...)."""
+    from rich.table import Table
+
+    t = Table(title=title, show_edge=False, header_style="bold")
+    for h in firsts:
+        t.add_column(h)
+    for i in range(runs):
+        t.add_column(f"[{i + 1}]", overflow="fold" if fold else "ellipsis")
+    return t
+
+
 def cli_compare(root: Path, runs: list[str]) -> int:
     """Print the comparison; 0, or 1 with a one-line error."""
     from factory.compare import compare, show
@@ -29,7 +41,6 @@ def cli_compare(root: Path, runs: list[str]) -> int:
         print(f"factory compare: {e}", file=sys.stderr)
         return 1
     from rich.console import Console
-    from rich.table import Table
 
     con = Console(width=None if sys.stdout.isatty() else 200)
     names = res["runs"]
@@ -37,46 +48,31 @@ def cli_compare(root: Path, runs: list[str]) -> int:
     for s in short:
         con.print(s)
 
-    t = Table(title="decision", show_edge=False, header_style="bold")
-    t.add_column("")
-    for i in range(len(names)):
-        t.add_column(f"[{i + 1}]", overflow="fold")
+    n = len(names)
+    t = _table("decision", [""], n)
     t.add_row("decision", *[show(d) for d in res["decisions"]])
     t.add_row("reason", *[show(d) for d in res["reasons"]])
     con.print(t)
 
-    t = Table(title="training steps", show_edge=False, header_style="bold")
-    t.add_column("#")
-    for i in range(len(names)):
-        t.add_column(f"[{i + 1}]", overflow="fold")
+    t = _table("training steps", ["#"], n)
     for pos, cells in res["steps"]:
         t.add_row(str(pos), *cells)
     con.print(t)
 
-    t = Table(title="config differences", show_edge=False, header_style="bold")
-    t.add_column("key")
-    for i in range(len(names)):
-        t.add_column(f"[{i + 1}]", overflow="fold")
+    t = _table("config differences", ["key"], n)
     for k, vals in res["config"]:
         t.add_row(k, *[show(v) for v in vals])
     con.print(t if res["config"] else "config: identical")
 
-    t = Table(title="stage keys that differ", show_edge=False, header_style="bold")
-    t.add_column("stage")
-    for i in range(len(names)):
-        t.add_column(f"[{i + 1}]")
+    t = _table("stage keys that differ", ["stage"], n, fold=False)
     for stage, vals in res["stage_keys"]:
         t.add_row(stage, *[(v or "-")[:12] for v in vals])
     con.print(t if res["stage_keys"] else "stage keys: identical")
     if res["shared_stages"]:
         con.print("shared stages (same key, built once): " + ", ".join(res["shared_stages"]))
 
-    t = Table(title="criteria (baseline -> candidate; change of the candidate against [1])",
-              show_edge=False, header_style="bold")
-    t.add_column("criterion")
-    t.add_column("threshold")
-    for i in range(len(names)):
-        t.add_column(f"[{i + 1}]")
+    t = _table("criteria (baseline -> candidate; change of the candidate against [1])", ["criterion", "threshold"], n,
+               fold=False)
     for name, metric, per_run in res["criteria"]:
         first = per_run[0]
         cells = []
@@ -97,14 +93,10 @@ def cli_compare(root: Path, runs: list[str]) -> int:
     if not flipped:
         con.print("flipped samples: none (the candidates agree on every sample they share)")
     for suite, flips in flipped.items():
-        t = Table(title=f"{suite}: {len(flips)} sample(s) whose correctness differs", show_edge=False,
-                  header_style="bold")
-        t.add_column("sample")
-        for i in range(len(names)):
-            t.add_column(f"[{i + 1}]")
+        t = _table(f"{suite}: {len(flips)} sample(s) whose correctness differs", ["sample"], n, fold=False)
         for sid, vals in flips[:MAX_FLIPS]:
             t.add_row(sid, *["right" if v else "wrong" for v in vals])
         if len(flips) > MAX_FLIPS:
-            t.add_row(f"... {len(flips) - MAX_FLIPS} more", *[""] * len(names))
+            t.add_row(f"... {len(flips) - MAX_FLIPS} more", *[""] * n)
         con.print(t)
     return 0

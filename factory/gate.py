@@ -539,7 +539,8 @@ def _summary(prim: _Compare) -> str:
 
 # --- the policy ------------------------------------------------------------------
 
-POLICY_MODULES = ("factory.gate", "factory.stats")
+# factory.evidence reads what the gate decides on: a samples file that fails its digest blocks.
+POLICY_MODULES = ("factory.gate", "factory.evidence", "factory.stats")
 
 
 def resolve_criteria(criteria: dict[str, Any] | Any) -> dict[str, Any]:

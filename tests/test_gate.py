@@ -394,7 +394,7 @@ def test_policy_digest_and_rederive(tmp_path):
                {"json-action": planner_eval(98), "breadth": breadth_eval(179)})
     d = run_gate(tmp_path, *results)
     assert d.policy["criteria"]["confidence"] == 0.95 and d.policy["criteria"]["rule"] == "interval"
-    assert set(d.policy["code"]) == {"factory.gate", "factory.stats"}
+    assert set(d.policy["code"]) == {"factory.gate", "factory.evidence", "factory.stats"}
     assert d.policy_digest == hashing.digest_json(d.policy)
     assert gate.rederive(d, run_gate(tmp_path / "again", *results)) == []
     other = run_gate(tmp_path / "other", *results, criteria={**CRIT, "breadth_drop_max_pp": 0.1})
@@ -403,7 +403,7 @@ def test_policy_digest_and_rederive(tmp_path):
     assert any("says ship" in p and "gives rework" in p for p in problems)
     forged = d.model_copy(update={"policy": {**d.policy, "criteria": {**d.policy["criteria"], "confidence": 0.8}}})
     assert gate.rederive(forged, d) == ["decision.json: policy_digest does not match the policy recorded beside it"]
-    moved = d.model_copy(update={"policy": {**d.policy, "code": {"factory.gate": "0" * 32, "factory.stats": d.policy["code"]["factory.stats"]}}})
+    moved = d.model_copy(update={"policy": {**d.policy, "code": {**d.policy["code"], "factory.gate": "0" * 32}}})
     moved.policy_digest = hashing.digest_json(moved.policy)
     assert gate.rederive(moved, d) == ["decision.json: decided by other gate code (factory.gate changed since)"]
 
