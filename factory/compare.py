@@ -4,8 +4,9 @@ Four sections: the resolved config values that differ, the stage keys that
 differ (so you see which stages were rebuilt and which were shared), every
 criterion with each run's baseline and candidate values and the candidate's
 change against the first run, and the samples whose correctness flipped
-between the runs' candidates. Everything is read from the run directories,
-so it works without the index.
+between the runs' candidates. Everything is read from the run directories
+(through `factory.evidence`), so it works without the index. `compare()`
+returns the data; `factory.comparecmd` prints it.
 """
 
 from __future__ import annotations

@@ -96,15 +96,24 @@ class Evidence:
 
 # --- one file at a time -------------------------------------------------------------------------
 
-def _record(ev: Evidence, path: Path, cls: Any, name: str | None = None) -> Any:
-    """The record at path, None when absent; a bad file becomes a problem."""
+def _read(read: Any, path: Path, cls: Any, problems: list[str]) -> Any:
+    """read(path, cls), or None with its one-line error added to problems."""
+    try:
+        return read(path, cls)
+    except FactoryError as e:
+        problems.append(str(e))
+        return None
+
+
+def _record(ev: Evidence, path: Path, cls: Any, read: Any = read_record) -> Any:
+    """The record (or JSON-lines file) at path, None when absent; a bad file becomes a problem."""
     if not path.is_file():
         return None
-    try:
-        return read_record(path, cls)
-    except FactoryError as e:
-        _problem(ev, name or path.name, str(e))
-        return None
+    found: list[str] = []
+    value = _read(read, path, cls, found)
+    for text in found:
+        _problem(ev, path.name, text)
+    return value
 
 
 def _problem(ev: Evidence, name: str, text: str) -> None:
@@ -157,10 +166,10 @@ def read_eval(eval_dir: Path, role: str) -> tuple[EvalRecord | None, dict[str, l
     path = Path(eval_dir) / f"eval-{role}.json"
     if not path.is_file():
         return None, {}, [f"eval-{role}.json: missing"]
-    try:
-        rec = read_record(path, EvalRecord)
-    except FactoryError as e:
-        return None, {}, [str(e)]
+    problems: list[str] = []
+    rec = _read(read_record, path, EvalRecord, problems)
+    if rec is None:
+        return None, {}, problems
     samples, problems = load_samples(rec, Path(eval_dir))
     return rec, samples, problems
 
@@ -176,19 +185,9 @@ def read_train(train_dir: Path | None) -> tuple[TrainSummary | None, list[TrainL
     problems: list[str] = []
     if train_dir is None:
         return None, None, problems
-    train = log = None
-    p = _find(train_dir, "train.json")
-    if p.is_file():
-        try:
-            train = read_record(p, TrainSummary)
-        except FactoryError as e:
-            problems.append(str(e))
-    lp = Path(train_dir) / "train.log"
-    if lp.is_file():
-        try:
-            log = read_jsonl(lp, TrainLogLine)
-        except FactoryError as e:
-            problems.append(str(e))
+    p, lp = _find(train_dir, "train.json"), Path(train_dir) / "train.log"
+    train = _read(read_record, p, TrainSummary, problems) if p.is_file() else None
+    log = _read(read_jsonl, lp, TrainLogLine, problems) if lp.is_file() else None
     return train, log, problems
 
 
@@ -259,11 +258,7 @@ def gather(dirs: dict[str, Path | None], settings: dict[str, Any] | None = None)
             ev.problems += problems
     if "train" in d:
         ev.train = _record(ev, d["train"] / "train.json", TrainSummary)
-        if (d["train"] / "train.log").is_file():
-            try:
-                ev.log = read_jsonl(d["train"] / "train.log", TrainLogLine)
-            except FactoryError as e:
-                _problem(ev, "train.log", str(e))
+        ev.log = _record(ev, d["train"] / "train.log", TrainLogLine, read_jsonl) or []
     if "dataset" in d:
         ev.dataset = _record(ev, d["dataset"] / "dataset.json", DatasetRecord)
     return ev
@@ -298,11 +293,7 @@ def read_run(run_dir: Path, *, samples: bool = True) -> Evidence:
     for k, v in rest.unreadable.items():
         ev.unreadable.setdefault(k, v)
     ev.artifact = _record(ev, run_dir / "artifact.json", Artifact)
-    if (run_dir / "events.jsonl").is_file():
-        try:
-            ev.events = read_jsonl(run_dir / "events.jsonl", Event)
-        except FactoryError as e:
-            _problem(ev, "events.jsonl", str(e))
+    ev.events = _record(ev, run_dir / "events.jsonl", Event, read_jsonl) or []
     ev.stops, problems = read_stops(run_dir)
     for text in problems:
         _problem(ev, text.split(":", 1)[0], text)

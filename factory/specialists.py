@@ -16,9 +16,11 @@ with a key (`factory package --sign-key`, or `FACTORY_SIGNING_KEY`) also holds
 The recipe's `package` stage (`build_package`) writes `artifact.json` and,
 when the decision is ship, `specialist/` into the run; the engine then
 publishes it to `specialists/<recipe>-<key8>/` (`publish_specialist`).
-`factory package` does the same for a chosen run, and packages a run that did
-not ship only when forced, saying so at the top of the card. `factory verify`
-checks the signature and every file, and names what changed.
+`factory package` (`package_run`) does the same for a chosen run, and packages
+a run that did not ship only when forced, saying so at the top of the card.
+`verify` checks the signature and every file, and names what changed. The card
+reads the run's records through `factory.evidence`; the commands that print
+are in `factory.packagecmd`.
 """
 
 from __future__ import annotations
