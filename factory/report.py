@@ -241,9 +241,10 @@ def rates_table(ev: Evidence, suite: str) -> Table:
     for m, sc in c.scores.items():
         bs = b.scores.get(m) if b and b.status == "ok" else None
         better = "higher" if (sc.model_extra or {}).get("higher_is_better", True) else "lower"
-        rows.append(_cells(m, fmt(bs.value if bs else None), fmt(sc.value), f"[{fmt(sc.ci_low)}, {fmt(sc.ci_high)}]",
-                           better))
-    return Table(["rate", "baseline", "candidate", "candidate 95% CI", "better"], rows)
+        u = _unit(sc)  # a loss is a number, not a percentage
+        ci = f"[{fmt(sc.ci_low, u)}, {fmt(sc.ci_high, u)}]" if sc.ci_low is not None else "–"
+        rows.append(_cells(m, fmt(bs.value if bs else None, u), fmt(sc.value, u), ci, better))
+    return Table(["metric", "baseline", "candidate", "candidate 95% CI", "better"], rows)
 
 
 def training_table(ev: Evidence) -> Table | None:

@@ -94,3 +94,19 @@ def test_cells_render_the_same_content_in_markdown_and_html():
     page = html_table(t)
     assert f"<td><code>{'x' * 100} &lt;b&gt;|</code></td>" in page  # whole, escaped
     assert '<td><span class="no">no</span></td>' in page and "<td>p|q</td>" in page
+
+
+def test_lower_is_better_table_shows_a_loss_as_a_number_and_a_rate_as_a_percentage():
+    from factory.records import Score
+    from factory.report import markdown_table, rates_table
+
+    def suite(loss, rate):
+        return SimpleNamespace(status="ok", scores={
+            "loss": Score(value=loss, ci_low=loss - 0.1, ci_high=loss + 0.1, n=10, higher_is_better=False, unit="nats"),
+            "spill_rate": Score(value=rate, ci_low=0.0, ci_high=0.3, n=10, higher_is_better=False)})
+    runs = {"baseline": suite(4.303, 0.2), "candidate": suite(3.25, 0.1)}
+    ev = SimpleNamespace(suite=lambda which, name: runs[which])
+    md = "\n".join(markdown_table(rates_table(ev, "perplexity")))
+    loss = [l for l in md.splitlines() if l.startswith("| loss")][0]
+    assert "4.303" in loss and "3.25" in loss and "[3.15, 3.35]" in loss and "%" not in loss
+    assert "| spill_rate | 20.0% | 10.0% | [0.0%, 30.0%] | lower |" in md
