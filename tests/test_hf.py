@@ -152,6 +152,18 @@ def test_training_lengths_come_from_the_models_positions(tmp_path):
         fam.trainer("sft-lora")(ctx)
         summary = read_record(ctx.out / "train.json", TrainSummary)
         assert summary.steps == 2 and summary.precheck["max_len"] == 64
+    # A preference step on top, asked for more tokens than the model has positions: cut to them.
+    dpo = fam.default_train_params(TrainDefaultsContext("dpo-lora", len(ROWS), 5, "cpu", 1, {}))
+    assert "max_len" not in dpo
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({**r, "prompt": r["prompt"] + " x" * (40 if i % 2 else 0),
+                                         "rejected": r["answer"] + "x"}) + "\n" for i, r in enumerate(ROWS)))
+    dpo.update(steps=2, threads=1, batch_size=4, max_len=1024)
+    logs: list[str] = []
+    dctx = _ctx(tmp_path / "dpo", "train-dpo", dpo, {"base": base, "train": pairs, "init": ctx.out})
+    dctx.log = logs.append
+    fam.trainer("dpo-lora")(dctx)
+    assert any("cut at 64 tokens" in m for m in logs), logs
 
 
 def test_dpo_lora_on_top_of_an_sft_step_with_the_hf_family(tmp_path):
@@ -169,6 +181,7 @@ def test_dpo_lora_on_top_of_an_sft_step_with_the_hf_family(tmp_path):
     pairs.write_text("".join(json.dumps({**r, "rejected": r["answer"][::-1] + "x"}) + "\n" for r in ROWS))
     dpo = fam.default_train_params(TrainDefaultsContext("dpo-lora", len(ROWS), 5, "cpu", 1, {}))
     assert dpo["beta"] > 0 and "lora" not in dpo  # the adapter's shape is the first step's
+    assert "max_len" not in dpo  # lengths come from the model's positions
     dpo.update(steps=10, lr=5e-3, threads=1, batch_size=8)
     dctx = _ctx(tmp_path, "train-dpo", dpo, {"base": base, "train": pairs, "init": sctx.out})
     fam.trainer("dpo-lora")(dctx)
