@@ -367,7 +367,15 @@ def _build(store: Any, key: str, root: Path, target: Target, config: dict[str, A
         ctx = SimpleNamespace(stage="eval", out=out, root=root, log=lambda m: print(m, flush=True),
                               registry=regs, config=config, inputs=inputs,
                               input_digests={"base": target.base_digest})
-        build_eval(ctx)
+        try:
+            build_eval(ctx)
+        except FactoryError as e:  # the stage names a recipe's field; here the suite came from --suite
+            msg = str(e)
+            for entry in config["suites"]:
+                field = f"evals.define.{entry['name']}"
+                if msg.startswith(field):
+                    raise FactoryError(f"--suite {entry['name']}{msg[len(field):]}") from None
+            raise
         store.publish(key, out, {"kind": "eval-only", "stage": "eval"})
     finally:
         if made is not None:
