@@ -248,3 +248,36 @@ def test_changing_only_the_scorer_rescores_saved_outputs(tmp_path, toy, monkeypa
     again = [json.loads(x) for x in (tmp_path / "out/samples/baseline/q.jsonl").read_text().splitlines()]
     assert [s["output"] for s in again] == first
     assert [s["correct"] for s in again] == ["a" in o.strip() for o in first]
+
+
+def test_benchmark_instances_are_gated_like_any_suite(tmp_path, toy):
+    from factory import gate
+    from factory.evaluate import build_eval
+
+    _jsonl(tmp_path / "evals" / "qa.jsonl", [{"prompt": f"q{i}", "expected": f"a{i}", "skill": "qa"} for i in range(6)])
+    (tmp_path / "evals" / "mc.csv").write_text("id,prompt,expected,choices\n"
+                                               + "".join(f"m{i},pick {i},yes,yes|no\n" for i in range(6)))
+    suites = [{"name": "support", "suite": "benchmark", "version": "1.0", "options": {"path": "evals/qa.jsonl"}},
+              {"name": "caps", "suite": "benchmark", "version": "1.0",
+               "options": {"path": "evals/mc.csv", "scorer": "choice"}}]
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    records = {}
+    for role in ("baseline", "candidate"):
+        (tmp_path / role).mkdir()
+        ctx = _ctx(tmp_path / role, toy, suites)
+        ctx.root = tmp_path
+        ctx.config["role"] = role
+        if role == "candidate":
+            ctx.inputs["adapter"] = tmp_path / "adapter"
+        build_eval(ctx)
+        records[role] = gate.read_eval(ctx.out, role)
+        assert records[role][2] == []
+    (b, bs, _), (c, cs, _) = records["baseline"], records["candidate"]
+    criteria = {"primary_min": 0.5, "breadth_drop_max_pp": 5.0, "suite_min": {"caps.accuracy": 0.0}}
+    d = gate.decide(b, c, {"baseline": bs, "candidate": cs}, None, criteria, "support", ["caps"])
+    by = {e.name: e for e in d.criteria}
+    assert {"primary_min", "breadth_drop_max_pp:caps", "suite_min:caps.accuracy"} <= set(by)
+    assert by["suite_min:caps.accuracy"].passed and by["suite_min:caps.accuracy"].metric == "caps.accuracy"
+    assert by["breadth_drop_max_pp:caps"].delta == 0.0  # the toy ignores the adapter: same answers, paired by id
+    assert not by["primary_min"].passed and d.decision in ("rework", "reject")
