@@ -225,7 +225,8 @@ def _run_target(root: Path, run: Path, adapter: str | None, device: str, regs: A
     got = _stage_output(store, keys["base"])
     if got is None:
         raise FactoryError(f"{rel}: its base (stage base, key {keys['base'][:12]}) is not in the store (cache/); "
-                           f"build the recipe again to restore it: doit recipe:{cfg.get('recipe')}")
+                           f"restore it with `factory cache pull {cfg.get('recipe')}` from a shared store, or build the recipe again "
+                           f"(doit recipe:{cfg.get('recipe')})")
     base_dir, base_digest = got
     train = next((n for n in reversed(list(keys)) if n == "train" or n.startswith("train-")), None)
     return Target(kind="run", path=run, name=run.name, family=family, base_digest=base_digest,
