@@ -98,10 +98,10 @@ def cmd_run(args) -> int:
 
     run_dir = resolve_run(_root(), args.run)
     if args.action == "render":
-        from factory.validate import cli_render
+        from factory.runcmd import cli_render
 
         return cli_render(str(run_dir))
-    from factory.validate import cli_validate
+    from factory.runcmd import cli_validate
 
     return cli_validate(str(run_dir))
 
@@ -119,13 +119,13 @@ def cmd_sql(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from factory.compare import cli_compare
+    from factory.comparecmd import cli_compare
 
     return cli_compare(_root(), args.runs)
 
 
 def cmd_package(args) -> int:
-    from factory.specialists import cli_package
+    from factory.packagecmd import cli_package
 
     if not args.run and not args.best:
         raise FactoryError("package: name a run, or --best <recipe>")
@@ -133,7 +133,7 @@ def cmd_package(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from factory.specialists import cli_verify
+    from factory.packagecmd import cli_verify
 
     return cli_verify(args.path, args.key)
 
