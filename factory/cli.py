@@ -225,9 +225,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("path")
     s.add_argument("--key", metavar="PEM", help="the signer's public key you trust (default: the package's signer.pub)")
     s.set_defaults(fn=cmd_verify)
-    s = sub.add_parser("eval", help="run eval suites on a local model directory (optionally with an adapter)")
-    s.add_argument("model", help="a transformers model directory")
-    s.add_argument("--adapter", help="a LoRA adapter directory (or a train output holding adapter/)")
+    s = sub.add_parser("eval", help="run eval suites on a model directory (optionally with an adapter), a run or a specialist")
+    s.add_argument("model", help="a transformers model directory, a run (its directory, id or recipe: the newest) "
+                                 "or a packaged specialist (specialists/<id>)")
+    s.add_argument("--adapter", help="with a model directory: a LoRA adapter directory (or a train output holding adapter/)")
     s.add_argument("--suite", action="append", help="a benchmark file, or [NAME=]SUITE[:OPTION=VALUE,...]; repeatable")
     s.add_argument("--rows", help="JSONL rows (prompt, answer) for suites that read held-out rows")
     s.add_argument("--limit", type=int, help="score only the first N rows of each suite")
