@@ -103,6 +103,7 @@ class RunWriter:
             if any(e["status"] != "hit" for e in events):
                 mark_unfinished(runs_dir, existing.name)
                 _append_events(existing, events)
+                self._finished(existing)
             self.finish_left_over()
             return existing
 
