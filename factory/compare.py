@@ -201,7 +201,12 @@ def compare(root: Path, refs: list[str]) -> dict[str, Any]:
     evals = [_load(r / "eval-candidate.json", ("suites",)) for r in runs]
     keys = [m.get("stage_keys") or c.get("stage_keys") or {} for m, c in zip(manifests, configs)]
     differ, same = stage_key_differences(keys)
+    from factory import pairing
+
+    # an imported run names its suites and samples its own way: pair by sample id or prompt digest
+    paired = pairing.compare_runs(runs) if any(m.get("imported") is True for m in manifests) else []
     return {
+        "paired": paired,
         "runs": [r.name for r in runs],
         "decisions": [d.get("decision") for d in decisions],
         "reasons": [d.get("reason") for d in decisions],
@@ -294,6 +299,7 @@ def cli_compare(root: Path, runs: list[str]) -> int:
         t.add_row(f"{name} ({metric})", _show(thr), *cells)
     con.print(t)
 
+    _print_paired(con, res)
     flipped = res["flipped"]
     if not flipped:
         con.print("flipped samples: none (the candidates agree on every sample they share)")
@@ -309,3 +315,26 @@ def cli_compare(root: Path, runs: list[str]) -> int:
             t.add_row(f"... {len(flips) - MAX_FLIPS} more", *[""] * len(names))
         con.print(t)
     return 0
+
+
+def _print_paired(con: Any, res: dict[str, Any]) -> None:
+    """The paired statistics of an imported run against the others, one table per pair of evaluations."""
+    from rich.table import Table
+
+    for p in res.get("paired") or []:
+        i = p["run"] + 1
+        t = Table(title=f"paired samples: [1] {p['role_a']} vs [{i}] {p['role_b']} (the gate's paired statistics)",
+                  show_edge=False, header_style="bold")
+        for col in ("suite [1]", f"suite [{i}]", "paired by", "paired", "unpaired [1]", f"unpaired [{i}]",
+                    "[1]", f"[{i}]", "delta", "interval", "McNemar p"):
+            t.add_column(col)
+        for r in p["rows"]:
+            if not r["paired"]:
+                t.add_row(r["suite"], "-", "-", "0", str(r["only_a"]), "-", *["-"] * 5)
+                continue
+            conf = f"{r['confidence'] * 100:g}%"
+            t.add_row(r["suite"], r["other"], r["by"], str(r["paired"]), str(r["only_a"]), str(r["only_b"]),
+                      f"{r['a']:.3f}", f"{r['b']:.3f}", f"{r['delta'] * 100:+.1f}pp",
+                      f"{conf} {r['interval'][0] * 100:+.1f}..{r['interval'][1] * 100:+.1f}pp",
+                      f"{r['p_value']:.3g}")
+        con.print(t)
