@@ -395,3 +395,93 @@ def test_a_failed_import_leaves_nothing_and_a_killed_one_only_litter_the_next_re
     [res] = imports.import_results(proj, "inspect", str(inspect_log))
     assert not litter.exists() and not res["hit"]
     assert res["run"].name in _indexed(proj)
+
+
+@needs_inspect
+def test_an_import_killed_at_points_spread_over_it_leaves_no_half_run(proj, inspect_log, tmp_path):
+    """Kill an import (kill -9: no `finally`) at points from its first file write to its index refresh;
+    what is in runs/ is then whole or absent, the index holds no half run, and the next import
+    leaves exactly one complete, indexed run and no litter."""
+    from factory import imports
+
+    pristine = tmp_path / "pristine"
+    (pristine / "recipes").mkdir(parents=True)
+    os.symlink(proj / "models", pristine / "models")
+
+    def dying(root: Path, die_at: int | None, out: int | None = None) -> None:
+        count = [0]
+
+        def tick():
+            count[0] += 1
+            if die_at is not None and count[0] >= die_at:
+                os._exit(77)
+
+        def wrap(real):
+            return lambda *a, **k: (tick(), real(*a, **k))[1]
+
+        with pytest.MonkeyPatch.context() as mp:
+            real_writer = index._writer
+
+            class Counting:
+                def __init__(self, con):
+                    self._con = con
+
+                def execute(self, *a, **k):
+                    tick()
+                    return self._con.execute(*a, **k)
+
+                def __getattr__(self, name):
+                    return getattr(self._con, name)
+
+            mp.setattr(index, "_writer", lambda con: Counting(real_writer(con)))
+            for name in ("replace", "unlink", "rename", "mkdir"):
+                mp.setattr(os, name, wrap(getattr(os, name)))
+            mp.setattr(Path, "write_text", wrap(Path.write_text))
+            from factory import evaluate
+
+            mp.setattr(evaluate, "write_samples", wrap(evaluate.write_samples))
+            imports.import_results(root, "inspect", str(inspect_log))
+        if out is not None:
+            os.write(out, str(count[0]).encode())
+
+    def child(fn) -> int:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                with open(tmp_path / "child.log", "a") as log:
+                    sys.stdout = sys.stderr = log
+                    try:
+                        fn()
+                        code = 0
+                    except BaseException:
+                        import traceback
+
+                        traceback.print_exc(file=log)
+                        log.flush()
+            finally:
+                os._exit(code)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+    r, w = os.pipe()
+    probe = tmp_path / "probe"
+    shutil.copytree(pristine, probe, symlinks=True)
+    assert child(lambda: dying(probe, None, w)) == 0, (tmp_path / "child.log").read_text()[-2000:]
+    points = int(os.read(r, 64))
+    os.close(r)
+    os.close(w)
+    tried = sorted({1 + round(i * (points - 1) / 7) for i in range(8)})
+    for n in tried:
+        root = tmp_path / f"t{n}"
+        shutil.copytree(pristine, root, symlinks=True)
+        assert child(lambda: dying(root, n)) == 77, n
+        runs = root / "runs"
+        visible = [p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")] if runs.exists() else []
+        for run in visible:  # whole: every record and samples file, digests matching
+            assert pairing.evaluations(run)[0]["suites"]["colours"], (n, run)
+        assert set(_indexed(root)) <= {p.name for p in visible}, n
+        [res] = imports.import_results(root, "inspect", str(inspect_log))
+        left = sorted(p.name for p in runs.iterdir() if p.name.startswith(imports.TMP_PREFIX))
+        assert left == [] and [p.name for p in runs.glob("*-import-inspect-*")] == [res["run"].name], n
+        assert _indexed(root) == [res["run"].name], n
+    print(f"faults: import: points={points}, trials={len(tried)}")
