@@ -457,22 +457,14 @@ def _find(runs: Path, key: str) -> Path | None:
 
 def _remove_litter(runs: Path) -> None:
     """Remove what an import killed part-way left: its hidden temporary run directory."""
+    from factory.index import _pid_alive as _alive
+
     if not runs.is_dir():
         return
     for d in runs.glob(f"{TMP_PREFIX}*"):
         pid = d.name.rsplit("-", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             shutil.rmtree(d, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write(tmp: Path, ext: External, key: str, digests: dict[str, str], run_id: str, root: Path) -> None:

@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ pytest.importorskip("torch")
 
 from factory import hashing, index, pairing, stats  # noqa: E402
 from factory.records import EvalRecord, RunConfig, RunManifest, SampleRecord, read_jsonl, read_record  # noqa: E402
+from lmevalkit import COLOURS, write_colour_tasks  # noqa: E402
 
 HAS_LM_EVAL = importlib.util.find_spec("lm_eval") is not None
 HAS_INSPECT = importlib.util.find_spec("inspect_ai") is not None
@@ -31,9 +31,6 @@ HAS_INSPECT = importlib.util.find_spec("inspect_ai") is not None
 needs_lm_eval = pytest.mark.skipif(not HAS_LM_EVAL, reason="the lm-eval extra is not installed")
 needs_inspect = pytest.mark.skipif(not HAS_INSPECT, reason="the inspect extra is not installed")
 
-WORDS = [("sky", "blue", ["blue", "red"]), ("grass", "green", ["red", "green"]),
-         ("sun", "yellow", ["yellow", "black"]), ("snow", "white", ["grey", "white"]),
-         ("coal", "black", ["black", "pink"])]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "INSPECT_DISPLAY": "none"}
 
@@ -79,34 +76,10 @@ def proj(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("imports")
     (root / "recipes").mkdir()
     save_toy_model(root / "models" / "g", "gpt2", positions=128)
-    (root / "tasks").mkdir()
-    rows = [{"question": q, "answer": a, "choices": c, "label": c.index(a)} for q, a, c in WORDS]
-    (root / "tasks" / "colours.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (root / "tasks" / "mc.yaml").write_text(textwrap.dedent("""\
-        task: colours_mc
-        dataset_path: json
-        dataset_kwargs: {data_files: {test: tasks/colours.jsonl}}
-        test_split: test
-        output_type: multiple_choice
-        doc_to_text: "{{question}} is"
-        doc_to_choice: "{{choices}}"
-        doc_to_target: label
-        metric_list: [{metric: acc}]
-        """))
-    (root / "tasks" / "gen.yaml").write_text(textwrap.dedent("""\
-        task: colours_gen
-        dataset_path: json
-        dataset_kwargs: {data_files: {test: tasks/colours.jsonl}}
-        test_split: test
-        output_type: generate_until
-        doc_to_text: "{{question}} is"
-        doc_to_target: answer
-        generation_kwargs: {until: ["\\n"], max_gen_toks: 4, do_sample: false}
-        metric_list: [{metric: exact_match}]
-        """))
+    write_colour_tasks(root)
     # the same prompts as a factory benchmark file, with ids of its own
     (root / "tasks" / "bench.jsonl").write_text("".join(
-        json.dumps({"id": f"b{i}", "prompt": f"{q} is", "expected": a}) + "\n" for i, (q, a, _) in enumerate(WORDS)))
+        json.dumps({"id": f"b{i}", "prompt": f"{q} is", "expected": a}) + "\n" for i, (q, a, _) in enumerate(COLOURS)))
     (root / "tasks" / "colours_inspect.py").write_text(INSPECT_TASK)
     return root
 
