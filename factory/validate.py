@@ -46,6 +46,17 @@ REQUIRED = (
 )
 
 
+# `factory eval` and `factory import` runs: an evaluation, no training and no decision
+EVAL_ONLY_REQUIRED = ("config.json", "run_manifest.json")
+
+
+def _eval_only(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / "run_manifest.json").read_text()).get("eval_only") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _schema_problems(path: Path, cls: Any, data: Any) -> list[str]:
     """JSON Schema check of one document; empty when jsonschema is not installed (pydantic already checked)."""
     try:
@@ -106,9 +117,12 @@ def validate_run(run_dir: Path) -> list[str]:
     explained = {"eval-candidate.json": "eval-candidate" in stops,
                  "train.json": any(s.startswith("train") for s in stops),
                  "train.log": any(s.startswith("train") for s in stops)}
-    for name in REQUIRED:
+    eval_only = _eval_only(run_dir)
+    for name in EVAL_ONLY_REQUIRED if eval_only else REQUIRED:
         if not (run_dir / name).exists() and not explained.get(name):
             problems.append(f"{name}: missing")
+    if eval_only and not any((run_dir / n).exists() for n in ("eval-baseline.json", "eval-candidate.json")):
+        problems.append("eval-baseline.json: missing (an eval-only run holds an eval record)")
 
     for name, cls in RUN_FILES.items():
         path = run_dir / name

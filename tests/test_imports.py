@@ -253,6 +253,8 @@ def test_inspect_log_becomes_a_run_and_pairs_with_factory_eval(proj, inspect_log
         assert s["correct"] == (orig.scores["exact"].value == "C")
     assert rec.suites[0].scores["accuracy"].value == pytest.approx(log.results.scores[0].metrics["mean"].value)
     assert run.name in _indexed(proj)
+    check = factory(proj, "run", "validate", str(run))  # every record against its schema, digests cross-checked
+    assert check.returncode == 0 and check.stdout.startswith("valid: "), check.stdout + check.stderr
 
     # the JSON form of the same log, written by Inspect, is another source file: its own run, same samples
     js = inspect_log.parent / "colours.json"
