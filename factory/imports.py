@@ -11,8 +11,9 @@ tool's config and the digests of the source files), an eval record (`eval-baseli
 task in factory's own formats (`factory.records`). The index, `factory runs`, `factory sql`, the
 web app and `factory compare` read it like any run.
 
-The run's key is the digest of the source files, so importing the same files twice finds the
-same run directory and writes nothing. A run directory appears whole, by rename, or not at all;
+The run's key is the digest of the source files (with the `--model` directory when one is named),
+so importing the same files twice finds the same run directory and writes nothing; an Inspect log
+imported before is found by its digest without loading Inspect. A run directory appears whole, by rename, or not at all;
 a failed import removes what it wrote, and a killed one leaves only hidden litter that the next
 import removes.
 
@@ -439,9 +440,13 @@ def source_digests(ext: External) -> dict[str, str]:
     return {label: hashing.hash_file(p) for label, p in sorted(ext.sources.items())}
 
 
-def import_key(ext: External, digests: dict[str, str]) -> str:
-    """The run's key: the tool and the digests of the files read (the same files, the same run)."""
-    return hashing.digest_json({"kind": "import", "tool": ext.tool, "sources": sorted(digests.values())})
+def import_key(tool: str, digests: dict[str, str], model: str | None = None) -> str:
+    """The run's key: the tool and the digests of the files read (the same files, the same run), and
+    the model directory when `--model` names it."""
+    parts: dict[str, Any] = {"kind": "import", "tool": tool, "sources": sorted(digests.values())}
+    if model is not None:
+        parts["model"] = model
+    return hashing.digest_json(parts)
 
 
 def _find(runs: Path, key: str) -> Path | None:
@@ -524,11 +529,11 @@ def _shown(path: Path, root: Path) -> str:
         return str(Path(path).resolve())
 
 
-def publish(root: Path, ext: External) -> tuple[Path, bool]:
+def publish(root: Path, ext: External, model: str | None = None) -> tuple[Path, bool]:
     """The run directory of one external evaluation: (path, True when it was imported before)."""
     runs = Path(root) / "runs"
     digests = source_digests(ext)
-    key = import_key(ext, digests)
+    key = import_key(ext.tool, digests, model)
     found = _find(runs, key)
     if found is not None:
         return found, True
@@ -555,22 +560,30 @@ def publish(root: Path, ext: External) -> tuple[Path, bool]:
 
 
 def import_results(root: Path, tool: str, path: str, model: str | None = None) -> list[dict[str, Any]]:
-    """Import every evaluation `path` holds; [{"run", "hit", "external"}], in the order read."""
+    """Import every evaluation `path` holds; [{"run", "hit"}], in the order read."""
     root = Path(root).resolve()
     if tool not in TOOLS:
         raise FactoryError(f"import: unknown tool {tool!r}; one of {', '.join(TOOLS)}")
     src = Path(path).expanduser()
-    exts = read_lm_eval(src, root) if tool == "lm-eval" else [read_inspect(src, root)]
+    local = None
     if model is not None:
         local = _local_dir(model, root)
         if local is None:
             raise FactoryError(f"--model {model}: not a local model directory (no config.json)")
-        for e in exts:
-            e.model_path = local
+    if tool == "inspect":
+        # one file: a log imported before is found by its digest, without loading Inspect to read it
+        _check_inspect_file(src)
+        found = _find(root / "runs", import_key(tool, {"log": hashing.hash_file(src)}, local))
+        if found is not None:
+            _refresh_index(root, [found.name])
+            return [{"run": found, "hit": True}]
+    exts = read_lm_eval(src, root) if tool == "lm-eval" else [read_inspect(src, root)]
     out = []
     for e in exts:
-        run, hit = publish(root, e)
-        out.append({"run": run, "hit": hit, "external": e})
+        if local is not None:
+            e.model_path = local
+        run, hit = publish(root, e, local)
+        out.append({"run": run, "hit": hit})
     _refresh_index(root, [o["run"].name for o in out])
     return out
 
@@ -590,13 +603,15 @@ def _refresh_index(root: Path, names: list[str]) -> None:
 
 
 def cli_import(root: Path, tool: str, path: str, model: str | None = None) -> int:
-    res = import_results(root, tool, path, model)
-    for r in res:
-        e: External = r["external"]
-        n = sum(len(t.samples) for t in e.tasks)
-        print(f"{'already imported' if r['hit'] else 'imported'}: {_shown(r['run'], root)} "
-              f"({e.tool} {e.version}, {e.model}, {len(e.tasks)} task(s), {n} samples)")
-        for t in e.tasks:
-            k = sum(s["correct"] for s in t.samples)
-            print(f"  {t.name}: accuracy {k / len(t.samples):.3f} n={len(t.samples)}")
+    """Import and print each run with its tasks' accuracy, read back from the run directory."""
+    for r in import_results(root, tool, path, model):
+        run = r["run"]
+        ext = json.loads((run / "run_manifest.json").read_text())["external"]
+        n = sum(t["samples"] for t in ext["tasks"])
+        print(f"{'already imported' if r['hit'] else 'imported'}: {_shown(run, root)} "
+              f"({ext['tool']} {ext['version']}, {ext['model']}, {len(ext['tasks'])} task(s), {n} samples)")
+        record = next(run.glob("eval-*.json"))
+        for s in json.loads(record.read_text())["suites"]:
+            acc = s["scores"][PRIMARY]
+            print(f"  {s['suite']}: {PRIMARY} {acc['value']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}] n={acc['n']}")
     return 0
