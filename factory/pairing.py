@@ -12,43 +12,26 @@ samples paired and how many of each side did not.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from factory import hashing, stats
-from factory.errors import FactoryError
-
-EVAL_FILES = ("eval-candidate.json", "eval-baseline.json")
 
 
 def prompt_digest(prompt: Any) -> str:
     return hashing.digest_bytes(" ".join(str(prompt or "").split()).encode())
 
 
-def is_imported(run: Path) -> bool:
-    try:
-        return json.loads((Path(run) / "run_manifest.json").read_text()).get("imported") is True
-    except (OSError, ValueError, AttributeError):
-        return False
+def is_imported(ev: Any) -> bool:
+    """Whether a run's evidence (`factory.evidence.Evidence`) is of a `factory import` run."""
+    return ev.manifest is not None and (ev.manifest.model_extra or {}).get("imported") is True
 
 
-def evaluations(run: Path) -> list[dict[str, Any]]:
-    """[{"role", "suites": {suite: samples}}] of a run: its candidate first, then its baseline."""
-    from factory.gate import load_samples
-    from factory.records import EvalRecord, read_record
-
-    out = []
-    for name in EVAL_FILES:
-        path = Path(run) / name
-        if not path.is_file():
-            continue
-        record = read_record(path, EvalRecord)
-        suites, problems = load_samples(record, Path(run), name)
-        if problems:
-            raise FactoryError(f"{Path(run).name}: {problems[0]}")
-        out.append({"role": record.role, "suites": suites})
-    return out
+def evaluations(ev: Any) -> list[dict[str, Any]]:
+    """[{"role", "suites": {suite: samples}}] of a run's evidence: its candidate first, then its baseline."""
+    for role in ("eval-candidate.json", "eval-baseline.json"):
+        ev.require(role)
+    return [{"role": role, "suites": ev.samples.get(role) or {}}
+            for role in ("candidate", "baseline") if ev.eval(role) is not None]
 
 
 def _keyed(samples: list[dict[str, Any]], by: str) -> dict[str, dict[str, Any]]:
@@ -100,15 +83,15 @@ def pair_evaluations(a: dict[str, list[dict[str, Any]]], b: dict[str, list[dict[
     return rows
 
 
-def compare_runs(runs: list[Path], confidence: float = 0.95) -> list[dict[str, Any]]:
+def compare_runs(evidence: list[Any], confidence: float = 0.95) -> list[dict[str, Any]]:
     """The first run's evaluation (its candidate, else its baseline) paired with every evaluation of
-    each other run: [{"run": i, "role_a", "role_b", "rows"}]."""
-    first = evaluations(runs[0])
+    each other run, from their evidence (`factory.evidence.read_run`): [{"run": i, "role_a", "role_b", "rows"}]."""
+    first = evaluations(evidence[0])
     if not first:
         return []
     out = []
-    for i, run in enumerate(runs[1:], 1):
-        for ev in evaluations(run):
-            out.append({"run": i, "role_a": first[0]["role"], "role_b": ev["role"],
-                        "rows": pair_evaluations(first[0]["suites"], ev["suites"], confidence)})
+    for i, ev in enumerate(evidence[1:], 1):
+        for other in evaluations(ev):
+            out.append({"run": i, "role_a": first[0]["role"], "role_b": other["role"],
+                        "rows": pair_evaluations(first[0]["suites"], other["suites"], confidence)})
     return out

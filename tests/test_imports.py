@@ -22,6 +22,7 @@ import pytest
 pytest.importorskip("torch")
 
 from factory import hashing, index, pairing, stats  # noqa: E402
+from factory.evidence import read_run  # noqa: E402
 from factory.records import EvalRecord, RunConfig, RunManifest, SampleRecord, read_jsonl, read_record  # noqa: E402
 from lmevalkit import COLOURS, write_colour_tasks  # noqa: E402
 
@@ -181,7 +182,7 @@ def test_lm_eval_output_becomes_a_run_in_the_index_and_a_second_import_is_the_sa
 def test_compare_pairs_imported_lm_eval_with_factory_eval_by_prompt(proj, lm_eval_out, built):
     assert factory(proj, "import", "lm-eval", str(lm_eval_out)).returncode == 0
     imported = next((proj / "runs").glob("*-import-lm-eval-g-*"))
-    [paired] = pairing.compare_runs([imported, built])
+    [paired] = pairing.compare_runs([read_run(imported), read_run(built)])
     assert (paired["role_a"], paired["role_b"]) == ("baseline", "baseline")
     rows = {r["suite"]: r for r in paired["rows"]}
     gen = rows["colours_gen"]
@@ -219,7 +220,7 @@ def test_factory_lm_eval_suite_and_imported_lm_eval_pair_by_sample_id(proj, lm_e
                   "--batch-size", "4")
     assert res.returncode == 0, res.stderr[-3000:]
     own = next(p for p in (proj / "runs").glob("????-??-??-eval-g-*") if (p / "samples" / "baseline" / "harness.jsonl").exists())
-    rows = {r["suite"]: r for r in pairing.compare_runs([imported, own])[0]["rows"]}
+    rows = {r["suite"]: r for r in pairing.compare_runs([read_run(imported), read_run(own)])[0]["rows"]}
     gen = rows["colours_gen"]
     assert (gen["other"], gen["by"], gen["paired"], gen["only_a"]) == ("harness", "id", 5, 0)
     # the same model, the same task, greedy decoding: the two evaluations agree sample by sample
@@ -262,7 +263,7 @@ def test_inspect_log_becomes_a_run_and_pairs_with_factory_eval(proj, inspect_log
     again = factory(proj, "import", "inspect", str(inspect_log))
     assert again.stdout.startswith("already imported: ")
 
-    [paired] = pairing.compare_runs([run, built])
+    [paired] = pairing.compare_runs([read_run(run), read_run(built)])
     [row] = paired["rows"]
     assert (row["other"], row["by"], row["paired"], row["only_a"], row["only_b"]) == ("bench", "prompt", 5, 0, 0)
 
@@ -453,7 +454,8 @@ def test_an_import_killed_at_points_spread_over_it_leaves_no_half_run(proj, insp
         runs = root / "runs"
         visible = [p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")] if runs.exists() else []
         for run in visible:  # whole: every record and samples file, digests matching
-            assert pairing.evaluations(run)[0]["suites"]["colours"], (n, run)
+            ev = read_run(run)
+            assert not ev.problems and pairing.evaluations(ev)[0]["suites"]["colours"], (n, run, ev.problems)
         assert set(_indexed(root)) <= {p.name for p in visible}, n
         [res] = imports.import_results(root, "inspect", str(inspect_log))
         left = sorted(p.name for p in runs.iterdir() if p.name.startswith(imports.TMP_PREFIX))
