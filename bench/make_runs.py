@@ -109,8 +109,38 @@ def _eval_suite(rng, rows, skill_ability: dict[str, float], ability: float):
     return samples, _score(k, len(samples)), per_skill
 
 
-def make_runs(dest: Path, n: int, seed: int = 0, incomplete_every: int = 97, start: int = 0) -> list[Path]:
-    """Write `n` run directories under `dest`; return their paths. Every `incomplete_every`-th has no decision."""
+def make_imported(dest: Path, rows: list, base: tuple[str, str], when: datetime, tool: str = "lm-eval") -> Path:
+    """An imported run (as `factory import` writes one) of `base` on the breadth rows, under the same ids."""
+    family, model = base
+    key = _key("import", tool, family, model)
+    run_id = f"{when:%Y-%m-%d}-import-{tool}-{model}-{key[:8]}"
+    run = dest / run_id
+    (run / "samples" / "baseline").mkdir(parents=True, exist_ok=True)
+    samples, score, per_skill = _eval_suite(random.Random(key), rows, {}, 0.3)
+    text = "".join(json.dumps(s, sort_keys=True) + "\n" for s in samples).encode()
+    (run / "samples" / "baseline" / "breadth_tasks.jsonl").write_bytes(text)
+    suite = {"suite": "breadth_tasks", "version": "Yaml", "status": "ok", "rows": score["n"],
+             "primary_metric": "accuracy", "instance_of": tool, "scores": {"accuracy": score},
+             "per_skill": per_skill, "samples": {"path": "samples/baseline/breadth_tasks.jsonl", "digest": _digest(text)}}
+    rec = {"schema_version": "1.0", "role": "baseline", "model": {"base_digest": _key("base", family, model)},
+           "suites": [suite], "settings": {"imported_from": tool}}
+    external = {"tool": tool, "version": "0.4.13", "model": model, "key": key, "tasks": ["breadth_tasks"]}
+    cfg = {"schema_version": "1.0", "recipe": f"import:{tool}", "goal": f"{tool} results of {model}, imported",
+           "base": {"family": family, "model": model, "digest": _key("base", family, model)}, "method": "external",
+           "evals": {"primary": "breadth_tasks", "regression": []}, "imported": True, "external": external}
+    files = {"eval-baseline.json": _digest(_dump(run / "eval-baseline.json", rec)),
+             "config.json": _digest(_dump(run / "config.json", cfg))}
+    _dump(run / "run_manifest.json", {"schema_version": "1.0", "run_id": run_id, "recipe": f"import:{tool}",
+                                      "recipe_path": "", "created": when.isoformat(), "imported": True,
+                                      "eval_only": True, "external": external, "files": files})
+    return run
+
+
+def make_runs(dest: Path, n: int, seed: int = 0, incomplete_every: int = 97, start: int = 0,
+              imported: bool = False) -> list[Path]:
+    """Write `n` run directories under `dest`; return their paths. Every `incomplete_every`-th has no decision.
+
+    `imported` adds one imported lm-eval run per base model (not counted in `n`)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -351,6 +381,9 @@ def make_runs(dest: Path, n: int, seed: int = 0, incomplete_every: int = 97, sta
                "seeds": {"train": train_seed}, "stage_keys": keys, "files": files}
         _dump(run / "run_manifest.json", man)
         out.append(run)
+    if imported:
+        for j, base in enumerate(BASES):
+            out.append(make_imported(dest, rows.rows["breadth"], base, EPOCH + timedelta(days=j)))
     return out
 
 

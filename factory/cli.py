@@ -151,6 +151,12 @@ def cmd_eval(args) -> int:
     return cli_eval(_root(), args)
 
 
+def cmd_import(args) -> int:
+    from factory.imports import cli_import
+
+    return cli_import(_root(), args.tool, args.path, model=args.model)
+
+
 def cmd_serve(args) -> int:
     from factory.web import serve
 
@@ -236,6 +242,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-new-tokens", type=int, default=96)
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s.set_defaults(fn=cmd_eval)
+    s = sub.add_parser("import", help="bring per-sample results of lm-eval or Inspect into the index as a run")
+    s.add_argument("tool", choices=["lm-eval", "inspect"])
+    s.add_argument("path", help="lm-eval: its --output_path directory (or a results_*.json); inspect: a .eval or .json log")
+    s.add_argument("--model", help="the local model directory the results are of, when the tool's own record names "
+                   "another path (its digest joins the run with factory's runs of the same model)")
+    s.set_defaults(fn=cmd_import)
     s = sub.add_parser("serve", help="browse runs in a local web app over the index (read-only)")
     s.add_argument("--port", type=int, default=8765)
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")

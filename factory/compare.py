@@ -136,7 +136,12 @@ def compare(root: Path, refs: list[str]) -> dict[str, Any]:
         ev.require("config.json", "run_manifest.json", "decision.json", "eval-candidate.json", "training_plan.json")
     decisions = [ev.decision.model_dump(mode="json") if ev.decision is not None else {} for ev in evidence]
     differ, same = stage_key_differences([ev.stage_keys for ev in evidence])
+    from factory import pairing
+
+    # an imported run names its suites and samples its own way: pair by sample id or prompt digest
+    paired = pairing.compare_runs(evidence) if any(pairing.is_imported(ev) for ev in evidence) else []
     return {
+        "paired": paired,
         "runs": [r.name for r in runs],
         "decisions": [d.get("decision") for d in decisions],
         "reasons": [d.get("reason") for d in decisions],

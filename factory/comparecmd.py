@@ -89,6 +89,7 @@ def cli_compare(root: Path, runs: list[str]) -> int:
         t.add_row(f"{name} ({metric})", show(thr), *cells)
     con.print(t)
 
+    _print_paired(con, res)
     flipped = res["flipped"]
     if not flipped:
         con.print("flipped samples: none (the candidates agree on every sample they share)")
@@ -100,3 +101,22 @@ def cli_compare(root: Path, runs: list[str]) -> int:
             t.add_row(f"... {len(flips) - MAX_FLIPS} more", *[""] * n)
         con.print(t)
     return 0
+
+
+def _print_paired(con: Any, res: dict[str, Any]) -> None:
+    """The paired statistics of an imported run against the others, one table per pair of evaluations."""
+    for p in res.get("paired") or []:
+        i = p["run"] + 1
+        t = _table(f"paired samples: [1] {p['role_a']} vs [{i}] {p['role_b']} (the gate's paired statistics)",
+                   ["suite [1]", f"suite [{i}]", "paired by", "paired", "unpaired [1]", f"unpaired [{i}]",
+                    "[1]", f"[{i}]", "delta", "interval", "McNemar p"], 0, fold=False)
+        for r in p["rows"]:
+            if not r["paired"]:
+                t.add_row(r["suite"], "-", "-", "0", str(r["only_a"]), "-", *["-"] * 5)
+                continue
+            conf = f"{r['confidence'] * 100:g}%"
+            t.add_row(r["suite"], r["other"], r["by"], str(r["paired"]), str(r["only_a"]), str(r["only_b"]),
+                      f"{r['a']:.3f}", f"{r['b']:.3f}", f"{r['delta'] * 100:+.1f}pp",
+                      f"{conf} {r['interval'][0] * 100:+.1f}..{r['interval'][1] * 100:+.1f}pp",
+                      f"{r['p_value']:.3g}")
+        con.print(t)

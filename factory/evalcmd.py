@@ -44,7 +44,7 @@ from factory.errors import FactoryError
 
 BENCH_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = "1.0"  # of the run files written here (factory.records)
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -411,14 +411,15 @@ def _materialize(store: Any, key: str, root: Path, target: Target, adapter_diges
     recipe = f"eval:{_slug(target.path.name)}"
     adapter = target.adapter_dir
     config = {"recipe": recipe, "goal": f"evaluation of a {'local model' if target.kind == 'model' else target.kind}",
-              "eval_only": True, "base": target.base,
+              "eval_only": True, "method": "eval-only", "base": target.base,
               "target": {"kind": target.kind, "path": _rel(target.path, root), **target.origin},
               "adapter": {"path": _rel(adapter, root), "digest": adapter_digest} if adapter else None,
               "evals": {"primary": entries[0]["name"], "regression": [e["name"] for e in entries[1:]]},
               "suites": entries, "stage_keys": {"eval": key}}
     (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    manifest = {"schema_version": SCHEMA_VERSION, "eval_only": True, "recipe": recipe,
-                "created": now.isoformat(timespec="seconds"), "device": target.load.get("device"),
+    # a RunManifest (factory.records), so compare and validate read it as any run's
+    manifest = {"schema_version": SCHEMA_VERSION, "eval_only": True, "recipe": recipe, "run_id": run.name,
+                "recipe_path": "", "created": now.isoformat(timespec="seconds"), "device": target.load.get("device"),
                 "stage_keys": {"eval": key}}
     (tmp / "run_manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, run)  # the run appears whole, or not at all

@@ -809,11 +809,13 @@ def drift(con, runs_dir: Path) -> tuple[list[str], list[str]]:
     """(complete run directories missing from the index, indexed runs whose directory is gone).
 
     The cheap check behind self-healing: one listing of runs/ and one query of the ingested ids;
-    a directory not in the index costs one more stat (for its decision.json).
+    a directory not in the index costs one more stat (for its decision.json), and one read of its
+    manifest when it has none (a `factory eval` or `factory import` run is complete without one).
     """
     indexed = {r for (r,) in con.execute("SELECT run_id FROM ingested").fetchall()}
     names = _run_names(Path(runs_dir))
-    missing = sorted(n for n in names - indexed if os.path.exists(os.path.join(runs_dir, n, "decision.json")))
+    missing = sorted(n for n in names - indexed if os.path.exists(os.path.join(runs_dir, n, "decision.json"))
+                     or _eval_only(os.path.join(runs_dir, n)))
     return missing, sorted(indexed - names)
 
 

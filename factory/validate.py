@@ -33,6 +33,10 @@ REQUIRED = (
 )
 
 
+# `factory eval` and `factory import` runs: an evaluation, no training and no decision
+EVAL_ONLY_REQUIRED = ("config.json", "run_manifest.json")
+
+
 def _schema_problems(path: Path, cls: Any, data: Any) -> list[str]:
     """JSON Schema check of one document; empty when jsonschema is not installed (pydantic already checked)."""
     try:
@@ -87,9 +91,12 @@ def validate_run(run_dir: Path) -> list[str]:
     explained = {"eval-candidate.json": "eval-candidate" in stops,
                  "train.json": any(s.startswith("train") for s in stops),
                  "train.log": any(s.startswith("train") for s in stops)}
-    for name in REQUIRED:
+    eval_only = ev.manifest is not None and (ev.manifest.model_extra or {}).get("eval_only") is True
+    for name in EVAL_ONLY_REQUIRED if eval_only else REQUIRED:
         if not (run_dir / name).exists() and not explained.get(name):
             problems.append(f"{name}: missing")
+    if eval_only and not any((run_dir / n).exists() for n in ("eval-baseline.json", "eval-candidate.json")):
+        problems.append("eval-baseline.json: missing (an eval-only run holds an eval record)")
 
     for name, cls in RUN_FILES.items():
         path = run_dir / name

@@ -35,7 +35,7 @@ def test_cookbook_has_at_least_ten_questions_and_every_block_is_found():
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cookbook")
-    make_runs(root / "runs", 400, seed=11)
+    make_runs(root / "runs", 400, seed=11, imported=True)
     index.refresh(root / "runs")
     return root / "runs"
 

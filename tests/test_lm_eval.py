@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,39 +18,13 @@ from factory.plugins import Registry  # noqa: E402
 from factory.records import EvalRecord, read_record  # noqa: E402
 from factory_plugins import evals  # noqa: E402
 from factory_plugins.evals.lm_eval_suite import LmEvalSuite  # noqa: E402
-
-ROWS = [{"question": q, "answer": a, "choices": c, "label": c.index(a)}
-        for q, a, c in [("sky", "blue", ["blue", "red"]), ("grass", "green", ["red", "green"]),
-                        ("sun", "yellow", ["yellow", "black"]), ("snow", "white", ["grey", "white"])]]
+from lmevalkit import COLOURS, write_colour_tasks  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("lmeval")
-    (root / "tasks").mkdir()
-    (root / "tasks" / "colours.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    (root / "tasks" / "mc.yaml").write_text(textwrap.dedent("""\
-        task: colours_mc
-        dataset_path: json
-        dataset_kwargs: {data_files: {test: tasks/colours.jsonl}}
-        test_split: test
-        output_type: multiple_choice
-        doc_to_text: "{{question}} is"
-        doc_to_choice: "{{choices}}"
-        doc_to_target: label
-        metric_list: [{metric: acc}]
-        """))
-    (root / "tasks" / "gen.yaml").write_text(textwrap.dedent("""\
-        task: colours_gen
-        dataset_path: json
-        dataset_kwargs: {data_files: {test: tasks/colours.jsonl}}
-        test_split: test
-        output_type: generate_until
-        doc_to_text: "{{question}} is"
-        doc_to_target: answer
-        generation_kwargs: {until: ["\\n"], max_gen_toks: 4, do_sample: false}
-        metric_list: [{metric: exact_match}]
-        """))
+    write_colour_tasks(root, COLOURS[:4])
     return root
 
 
