@@ -195,16 +195,13 @@ def collate(exs: list[Example], pad_id: int, device: Any):
     """Right-padded ids, attention mask and labels (-100 where no loss)."""
     import torch
 
+    # Padded Python lists and one tensor each: three small tensors and a where() per row cost
+    # about 1 ms a step at batch 8, a few percent of a small model's step.
     width = max(len(e.ids) for e in exs)
-    ids = torch.full((len(exs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(exs), width), dtype=torch.long)
-    labels = torch.full((len(exs), width), -100, dtype=torch.long)
-    for i, e in enumerate(exs):
-        n = len(e.ids)
-        t = torch.tensor(e.ids, dtype=torch.long)
-        ids[i, :n] = t
-        mask[i, :n] = 1
-        labels[i, :n] = torch.where(torch.tensor(e.loss_mask), t, torch.full_like(t, -100))
+    ids = torch.tensor([e.ids + [pad_id] * (width - len(e.ids)) for e in exs], dtype=torch.long)
+    mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in exs], dtype=torch.long)
+    labels = torch.tensor([[t if m else -100 for t, m in zip(e.ids, e.loss_mask)] + [-100] * (width - len(e.ids))
+                           for e in exs], dtype=torch.long)
     return ids.to(device), mask.to(device), labels.to(device)
 
 
