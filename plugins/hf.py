@@ -1,8 +1,9 @@
 """The `hf` model family: any local directory holding a transformers causal LM.
 
-A recipe names the directory (relative to the project root, or absolute):
+A recipe names the directory, absolute or relative to the recipe file's own directory
+(the rule data paths follow; docs/hf.md):
 
-    base: {family: hf, model: models/Qwen2.5-0.5B-Instruct, options: {dtype: auto}}
+    base: {family: hf, model: ../models/Qwen2.5-0.5B-Instruct, options: {dtype: auto}}
 
 The base stage copies nothing: it writes `base.json` with the model's tree
 digest (weights, config, tokenizer, chat template), and loading verifies that
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -76,9 +78,41 @@ def _offline() -> None:
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
-def _model_dir(model: str, root: Path) -> Path:
+_noted: set[str] = set()
+
+
+def _model_dir(model: str, root: Path, recipe_dir: str | Path | None = None) -> Path:
+    """Where `base.model` points: an absolute path as it is, a relative one from the recipe's directory.
+
+    The rule data paths follow. A relative model that is not there but is under the project root
+    is the form recipes used before the rule: it still resolves, with a note saying how to write it.
+    """
     p = Path(model).expanduser()
-    return p if p.is_absolute() else Path(root) / p
+    if p.is_absolute():
+        return p
+    if recipe_dir is None:  # called without a recipe (factory eval --model DIR, tests): the project root
+        return Path(root) / p
+    here = Path(recipe_dir) / p
+    legacy = Path(root) / p
+    if not (here / "config.json").is_file() and (legacy / "config.json").is_file():
+        if model not in _noted:
+            _noted.add(model)
+            suggest = Path(os.path.relpath(legacy, recipe_dir)).as_posix()
+            print(f"factory: note: base.model: {model} was found under the project root; relative paths in a "
+                  f"recipe resolve from its directory ({recipe_dir}), like data paths: write {suggest} "
+                  "(the project-root form still works but is deprecated)", file=sys.stderr)
+        return legacy
+    return here
+
+
+def _stored_model(path: Path, root: Path) -> str:
+    """The model as base.json records it: relative to the project root when inside it, else absolute."""
+    # Lexically (symlinks kept): a link to weights elsewhere stays the project's relative name.
+    resolved, top = (Path(os.path.normpath(os.path.abspath(p))) for p in (path, root))
+    try:
+        return resolved.relative_to(top).as_posix()
+    except ValueError:
+        return str(resolved)
 
 
 class HFFamily:
@@ -93,12 +127,14 @@ class HFFamily:
         model = str(spec.get("model") or "")
         if not model:
             raise FactoryError("base.model: the hf family needs a local model directory")
-        path = _model_dir(model, root)
+        path = _model_dir(model, root, spec.get("recipe_dir"))
         if not (path / "config.json").is_file():
             raise FactoryError(f"base.model: {path} is not a transformers model directory (no config.json); "
                                "the hf family loads local directories only, never the hub")
         opts = parse_options(spec.get("options"))
         device, dtype = resolve_device_dtype(opts.device, opts.dtype)
+        if not Path(model).expanduser().is_absolute():
+            model = _stored_model(path, root)  # one spelling per directory, whichever form the recipe used
         return {
             "model": model,
             "path": str(path.resolve()),
