@@ -21,14 +21,17 @@ def main() -> None:
         lines += [f"## SFT-LoRA training, {r['shape']}, {r['precision']} on {r['device_name']}", "",
                   f"{r['steps']} steps of {r['batch']} rows up to {r['seq_len']} tokens ({r['tokens']} real tokens, "
                   f"{r['padded_tokens']} padded), LoRA r{r['lora']['r']}/alpha {r['lora']['alpha']:g}; memory: {r['memory']}.",
-                  "", "| side | loop s | tokens/s | vs TRL | peak MB | vs TRL | loss after the last step |",
-                  "|---|---|---|---|---|---|---|"]
+                  "", "| side | loop s | tokens/s | vs TRL | CPU ms/step | tokens per CPU-s | vs TRL | peak MB | vs TRL "
+                  "| loss after the last step |", "|---|---|---|---|---|---|---|---|---|---|"]
         ref = r["sides"].get("trl")
         for name, s in r["sides"].items():
             tr = f"{s['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "-"
             mr = f"{s['peak_mb'] / ref['peak_mb']:.2f}x" if ref else "-"
-            lines.append(f"| {name} | {s['loop_s']:.2f} | {s['tokens_per_s']:,.0f} | {tr} | {s['peak_mb']:,.0f} | {mr} | "
-                         f"{s['final_loss']:.4f} |")
+            cpu = (f"{s['cpu_ms_per_step']:.1f} | {s['tokens_per_cpu_s']:,.0f} | "
+                   + (f"{s['tokens_per_cpu_s'] / ref['tokens_per_cpu_s']:.2f}x" if ref else "-")
+                   if "tokens_per_cpu_s" in s and (not ref or "tokens_per_cpu_s" in ref) else "- | - | -")
+            lines.append(f"| {name} | {s['loop_s']:.2f} | {s['tokens_per_s']:,.0f} | {tr} | {cpu} | {s['peak_mb']:,.0f} | "
+                         f"{mr} | {s['final_loss']:.4f} |")
         lines.append("")
     for f in sorted(out.glob("eval-*.json")):
         r = json.loads(f.read_text())
