@@ -161,6 +161,7 @@ def main() -> None:
         report = {"bench": "hf-eval", "shape": args.shape, "device": args.device,
                   "device_name": device_name(args.device), "dtype": lm.info.get("dtype"), "prompts": n,
                   "prompt_len": plen, "max_new_tokens": args.max_new_tokens, "batch": batch, "threads": args.threads,
+                  "repeats": args.repeats, "runs_s": {k: [round(x, 3) for x in v] for k, v in runs.items()},
                   "sides": sides, "identical": {"batched_vs_single": [same_single, n_single],
                                                 "batched_vs_transformers": [same_hf, n]},
                   "batched_vs_transformers_tokens_per_s": round(sides["factory batched"]["tokens_per_s"] / ref, 3),

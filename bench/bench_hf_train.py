@@ -22,8 +22,8 @@ SFTConfig) is turned off, as neither of the others uses it.
 Each side runs in its own process (so peak memory is its own: `torch.cuda.max_memory_allocated`
 on a GPU, peak RSS on CPU, model weights included) and times its training loop from the first
 step to the last (model load and setup excluded). Tokens/s counts the real (unpadded) tokens of
-the batches, the same for all three. On CPU each process also trains a quarter of the steps
-first, and the CPU time the full run spends beyond that short one gives CPU time per step and
+the batches, the same for all three. On CPU each process also trains 2 steps (warm-up) and a quarter
+of the steps first, and the CPU time the full run spends beyond that short one gives CPU time per step and
 tokens per CPU-second: on shared cores wall-clock time moves with other work, CPU time much less.
 Ratios are against TRL measured in the same run.
 """
@@ -217,7 +217,8 @@ def run_arm(arm: str, spec_path: Path, out_path: Path) -> None:
     # On CPU a short run first: the CPU time the long run spends beyond it is per-step work alone
     # (setup, loading and imports cancel), and other processes on the cores do not inflate it as
     # they inflate wall-clock time.
-    for label, n in (("short", spec["short"]), ("long", spec["steps"])):
+    # A 2-step run before them pays for the first-call costs (imports, allocator) that neither should carry.
+    for label, n in (("warm-up", 2 if spec["short"] else 0), ("short", spec["short"]), ("long", spec["steps"])):
         if n <= 0:
             continue
         c0 = time.process_time()

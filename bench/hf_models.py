@@ -20,6 +20,10 @@ from typing import Any
 SHAPES: dict[str, dict[str, Any]] = {
     "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 2, "vocab_size": None, "max_position_embeddings": 1024},
+    # tiny's layers with the real 151,936-token vocabulary: the output head and the loss dominate,
+    # as they do for the memory of a 0.5B model's training step.
+    "tiny-152k": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                  "num_key_value_heads": 2, "vocab_size": 151936, "max_position_embeddings": 1024},
     "qwen2.5-0.5b": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
                      "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
                      "max_position_embeddings": 32768},
