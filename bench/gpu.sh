@@ -21,6 +21,8 @@ SHAPES=${SHAPES:-"qwen2.5-0.5b qwen2.5-1.5b"}
 E2E_SHAPE=${E2E_SHAPE:-qwen2.5-0.5b}
 E2E_ARGS=${E2E_ARGS:-}           # e.g. "--steps 20 --eval-limit 32" for a quick CPU run
 E2E_LIMIT=${E2E_LIMIT:-160}
+TRAIN_LIMIT=${TRAIN_LIMIT:-140}   # seconds per step of this script; raise them on a slow or shared CPU
+EVAL_LIMIT=${EVAL_LIMIT:-60}
 MAX_VRAM_GB=${MAX_VRAM_GB:-24}
 PY=${PYTHON:-python3}
 WORK=${WORK:-/tmp/factory-gpu-bench}
@@ -56,9 +58,9 @@ step() {  # step NAME SECONDS COMMAND...: run one measurement, keep its output, 
 }
 
 for shape in $SHAPES; do
-  step "train-$shape" 140 "$PY" bench/bench_hf_train.py --device "$DEVICE" --shape "$shape" --arms "$ARMS" \
+  step "train-$shape" "$TRAIN_LIMIT" "$PY" bench/bench_hf_train.py --device "$DEVICE" --shape "$shape" --arms "$ARMS" \
     --work "$WORK/train-$shape" --json "$OUT/train-$shape.json"
-  step "eval-$shape" 60 "$PY" bench/bench_hf_eval.py --device "$DEVICE" --shape "$shape" \
+  step "eval-$shape" "$EVAL_LIMIT" "$PY" bench/bench_hf_eval.py --device "$DEVICE" --shape "$shape" \
     --work "$WORK/train-$shape" --json "$OUT/eval-$shape.json"
 done
 step "e2e-$E2E_SHAPE" "$E2E_LIMIT" "$PY" bench/hf_e2e.py --device "$DEVICE" --shape "$E2E_SHAPE" --max-vram-gb "$MAX_VRAM_GB" $E2E_ARGS \
