@@ -55,6 +55,9 @@ class ModelFamily(Protocol):
     def resolve_base(self, spec: dict[str, Any], root: Path) -> dict[str, Any]:
         """Base config that goes into the base stage's key (cheap; no torch).
 
+        `spec` is the recipe's base section, `{"model", "options"}`, and `recipe_dir`, the
+        directory holding the recipe file: a relative path in the recipe resolves from it.
+
         Must include everything that changes the built base: for a local model
         directory, its tree digest; for a generated base, architecture and
         pretraining settings.

@@ -198,9 +198,13 @@ class Plan:
             self._data_stage("dataset", "data", r.data, run_files=True),
             *(self._data_stage(f"dataset-{n}", f"datasets.{n}", d) for n, d in r.datasets.items()),
         ]
+        # recipe_dir: a family that reads files resolves relative paths from the recipe's directory,
+        # as the data sources do.
+        recipe_dir = r.path.parent if r.path is not None else self.root / "recipes"
         base_cfg = {**fam, "model": r.base.model,
                     "base": self._field("", self.family.resolve_base,
-                                        {"model": r.base.model, "options": r.base.options}, self.root)}
+                                        {"model": r.base.model, "options": r.base.options,
+                                         "recipe_dir": str(recipe_dir)}, self.root)}
         rows.append(Stage("base", "base", base_cfg, {"breadth": Input(stage="breadth")},
                           self._code("base", *_entry(self.family, "build_base"), libs=True), run_files=False))
 

@@ -36,13 +36,13 @@ class Strict(BaseModel):
 
 class BaseSpec(Strict):
     family: str = Field(description="model family plugin that loads or builds the base, e.g. tiny or hf")
-    model: str = Field(description="the family's model id, or a local model directory for hf")
+    model: str = Field(description="the family's model id, or a local model directory for hf (relative: from the recipe file's directory)")
     options: dict[str, Any] = Field(default_factory=dict, description="family-specific settings, checked by the family")
 
 
 class SourceSpec(Strict):
     kind: str = Field(description="dataset source plugin, e.g. jsonl or breadth-mix")
-    path: str | None = Field(None, description="file relative to the recipes/ directory (sources that read files)")
+    path: str | None = Field(None, description="file relative to the recipe file's directory (sources that read files)")
     options: dict[str, Any] = Field(default_factory=dict, description="source-specific settings")
 
 

@@ -235,3 +235,62 @@ def test_every_suite_runs_on_a_model_with_few_positions_and_says_where_it_stoppe
                        for n in gen[name].notes or []), (name, gen[name].notes)
         samples[bs] = {s.suite: (out / s.samples.path).read_text() for s in rec.suites}
     assert samples[1] == samples[8]
+
+
+def test_model_path_resolves_from_the_recipe_directory(tmp_path, capsys, monkeypatch):
+    import factory_plugins.hf as hf
+
+    monkeypatch.setattr(hf, "_noted", set())
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    save_toy_model(tmp_path / "models" / "m", "gpt2")
+    save_toy_model(tmp_path.parent / f"{tmp_path.name}-outside", "gpt2")
+    capsys.readouterr()
+    fam = HFFamily()
+    new = fam.resolve_base({"model": "../models/m", "options": {}, "recipe_dir": str(recipes)}, tmp_path)
+    assert new["model"] == "models/m" and "note" not in capsys.readouterr().err
+    # The project-root form of earlier recipes still resolves, to the same config (same key), with a note.
+    old = fam.resolve_base({"model": "models/m", "options": {}, "recipe_dir": str(recipes)}, tmp_path)
+    err = capsys.readouterr().err
+    assert "deprecated" in err and "write ../models/m" in err
+    assert old == new
+    # The recipe's directory wins when both places hold a model.
+    save_toy_model(recipes / "models" / "m", "gpt2", seed=1)
+    capsys.readouterr()
+    here = fam.resolve_base({"model": "models/m", "options": {}, "recipe_dir": str(recipes)}, tmp_path)
+    assert here["model"] == "recipes/models/m" and here["digest"] != new["digest"]
+    assert "note" not in capsys.readouterr().err
+    with pytest.raises(FactoryError, match=f"base.model: {recipes / 'nowhere'} is not a transformers model"):
+        fam.resolve_base({"model": "nowhere", "recipe_dir": str(recipes)}, tmp_path)
+    # A model outside the project is recorded by its absolute path, so loading finds it from anywhere.
+    out = fam.resolve_base({"model": f"../../{tmp_path.name}-outside", "recipe_dir": str(recipes)}, tmp_path)
+    assert out["model"] == str((tmp_path.parent / f"{tmp_path.name}-outside").resolve())
+
+
+def test_the_example_recipe_checks_in_a_project(tmp_path):
+    import os
+    import shutil
+
+    shutil.copytree(ROOT / "recipes" / "pace-planner", tmp_path / "recipes" / "pace-planner")
+    shutil.copy(ROOT / "examples" / "hf" / "pace-planner-hf.yaml", tmp_path / "recipes")
+    save_toy_model(tmp_path / "models" / "Qwen2.5-0.5B-Instruct", "llama")
+    env = {**os.environ, "FACTORY_ROOT": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "factory.cli", "check", "recipes/pace-planner-hf.yaml"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "pace-planner-hf.yaml: ok" in r.stdout and "note" not in r.stderr
+    (tmp_path / "models" / "Qwen2.5-0.5B-Instruct" / "config.json").unlink()
+    r = subprocess.run([sys.executable, "-m", "factory.cli", "check", "recipes/pace-planner-hf.yaml"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "base.model" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_hf_page_shows_the_current_options_and_defaults():
+    import factory_plugins.hf as hf
+
+    doc = (ROOT / "docs" / "hf.md").read_text()
+    assert hf.DOC_BEGIN in doc and hf.DOC_END in doc
+    shown = doc.split(hf.DOC_BEGIN, 1)[1].split(hf.DOC_END, 1)[0].strip()
+    assert shown == hf.reference_markdown().strip(), "docs/hf.md is stale: regenerate its part with python -m factory_plugins.hf"
+    for name in hf.HFBaseOptions.model_fields:
+        assert f"`{name}`" in shown

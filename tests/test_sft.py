@@ -271,3 +271,29 @@ def test_two_processes_under_torchrun(data, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_the_loss_scores_only_labelled_positions_and_matches_the_full_cross_entropy(tmp_path):
+    from factory.ml.sft import collate, token_nll_sum
+
+    torch.set_num_threads(1)
+    lm = load_toy(save_toy_model(tmp_path / "m", "llama", init_std=0.02))
+    exs = encode_examples(lm, _rows(6, 0), lm.max_length) + [Example(ids=[1, 5, 6], loss_mask=[False] * 3)]
+    ids, mask, labels = collate(exs, lm.pad_token_id, "cpu")
+
+    def grads(loss):
+        lm.model.zero_grad(set_to_none=True)
+        loss.backward()
+        return [p.grad.clone() for p in lm.model.parameters() if p.grad is not None]
+
+    ours = token_nll_sum(lm.model, ids, mask, labels)
+    g_ours = grads(ours)
+    logits = lm.model(input_ids=ids, attention_mask=mask).logits
+    full = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
+                                             ignore_index=-100, reduction="sum")
+    g_full = grads(full)
+    assert sum(e.n_loss for e in exs) > 0 and abs(float(ours) - float(full)) <= 1e-4 * abs(float(full))
+    assert len(g_ours) == len(g_full) and all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g_ours, g_full))
+    # a batch with no loss-carrying token sums to zero, as before
+    none = labels.clone().fill_(-100)
+    assert float(token_nll_sum(lm.model, ids, mask, none)) == 0.0
