@@ -304,7 +304,8 @@ def make_runs(dest: Path, n: int, seed: int = 0, incomplete_every: int = 97, sta
                 })
             suite_recs.append({"suite": "perplexity", "version": "1.0", "status": "ok", "rows": heldout_n,
                                "primary_metric": "perplexity",
-                               "scores": {"perplexity": {"value": round(r.uniform(3, 9), 4), "n": heldout_n}},
+                               "scores": {"perplexity": {"value": round(r.uniform(3, 9), 4), "n": heldout_n,
+                                                          "higher_is_better": False, "unit": "ratio"}},
                                "per_skill": {}, "samples": None})
             rec = {"schema_version": "1.0", "role": role,
                    "model": {"base_digest": keys["base"],

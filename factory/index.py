@@ -44,7 +44,7 @@ from factory.errors import FactoryError
 
 INDEX_FILE = "index.duckdb"
 PENDING_FILE = ".index-pending"
-INDEX_SCHEMA = "6"
+INDEX_SCHEMA = "7"
 # Files written for DuckDB 2.x readers and 1.x readers alike.
 STORAGE_COMPAT = "v1.0.0"
 RECORD_FILES = (
@@ -139,7 +139,7 @@ RUN_TABLES = ("runs", "criteria", "evals", "eval_scores", "eval_skills", "train_
 # `(SELECT run_id, content FROM read_text(...))` over one record file of each of them. Each
 # file is read once and parsed once, straight into the struct of the fields the index keeps.
 
-_SCORE_MAP = "MAP(VARCHAR, STRUCT(value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, n INTEGER))"
+_SCORE_MAP = "MAP(VARCHAR, STRUCT(value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, n INTEGER, higher_is_better BOOLEAN))"
 _SHAPES = {
     "config.json": """{"recipe":"VARCHAR","goal":"VARCHAR","owner":"VARCHAR","method":"VARCHAR",
         "base":{"family":"VARCHAR","model":"VARCHAR","digest":"VARCHAR"},"train":"JSON",

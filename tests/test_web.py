@@ -62,6 +62,10 @@ def test_run_page_shows_decision_criteria_curve_skills_stages_and_files(root, cl
     assert "per skill" in page and "<rect" in page
     assert 'id="stages"' in page and "eval-baseline" in page and (">hit<" in page or ">built<" in page)
     assert f'/runs/{run_id}/files/decision.json' in page
+    # the lower-is-better table holds the suites whose records say so (perplexity here), not the ones
+    # whose names sound like risk (this run's risk-probes reports a higher-is-better exact match)
+    table = page.split('id="risk"', 1)[1].split("</table>", 1)[0]
+    assert "Lower is better" in page and ">perplexity<" in table and "risk-probes" not in table
     got = client.get(f"/runs/{run_id}/files/decision.json")
     assert got.status_code == 200 and json.loads(got.text)["decision"] == "rework"
 
@@ -146,7 +150,7 @@ time.sleep(float(sys.argv[2]))
 
 
 def test_a_locked_index_says_what_to_do(root, client):
-    p = subprocess.Popen([sys.executable, "-c", HOLD, str(root / "runs" / "index.duckdb"), "6"],
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(root / "runs" / "index.duckdb"), "7"],
                          stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "locked"

@@ -188,7 +188,9 @@ class Pages:
             title="training loss")
         delta_chart = charts.interval_chart(
             [(s, v["d"], v["lo"], v["hi"]) for s, v in paired.items()], title="candidate vs baseline, points")
-        risk = [dict(e, metrics=_metrics(e["scores"])) for e in evals if "risk" in e["suite"] or "probe" in e["suite"]]
+        # the suites that say a metric is better lower (risk rates, losses), as the report picks them:
+        # by what the eval records declare, never by a suite's name
+        risk = [dict(e, metrics=_metrics(e["scores"])) for e in evals if _lower_is_better(e["scores"])]
         return self.render("run.html", title=run_id, run=run, criteria=criteria, evals=evals, risk=risk,
                            skill_charts=skill_charts, curve=curve, delta_chart=delta_chart, paired=paired,
                            stages=stages, worst=worst, files=self._files(Path(run["path"] or "")),
@@ -368,6 +370,14 @@ class Pages:
         w.writerows(["" if v is None else v for v in row] for row in rows)
         return Response(buf.getvalue(), media_type="text/csv",
                         headers={"Content-Disposition": 'attachment; filename="query.csv"'})
+
+
+def _lower_is_better(scores: str | None) -> bool:
+    try:
+        data = json.loads(scores) if scores else {}
+    except ValueError:
+        return False
+    return any(isinstance(v, dict) and v.get("higher_is_better") is False for v in data.values())
 
 
 def _metrics(scores: str | None) -> list[tuple[str, Any, Any, Any]]:
