@@ -150,7 +150,7 @@ time.sleep(float(sys.argv[2]))
 
 
 def test_a_locked_index_says_what_to_do(root, client):
-    p = subprocess.Popen([sys.executable, "-c", HOLD, str(root / "runs" / "index.duckdb"), "7"],
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(root / "runs" / "index.duckdb"), "6"],
                          stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "locked"
