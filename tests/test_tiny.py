@@ -153,7 +153,7 @@ def test_packed_batches_compute_the_same_loss_as_one_row_per_example(built):
     import torch.nn.functional as F
 
     from factory.ml.text import encode_example
-    from factory_plugins.tiny.pretrain import collate_packed
+    from factory.ml.packing import collate_packed
 
     lm = TinyFamily().load(built[0], None, {})
     rows = list(generate(24, seed=5))
