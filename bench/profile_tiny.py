@@ -1,6 +1,6 @@
 """Where a pretraining step and a LoRA step of the flagship spend their time.
 
-    python bench/profile_tiny.py [--steps 60] [--profile-steps 20]
+    python bench/profile_tiny.py [--steps 60] [--profile-steps 20] [--threads 2]
 
 Builds the flagship's breadth and dataset stages in a scratch project (seconds), trains the tiny
 family's tokenizer, and then, on a freshly initialised tiny Llama (throughput does not depend on
@@ -39,6 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--profile-steps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (the family's default on two cores: 2)")
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="profile-tiny-"))
@@ -63,7 +64,7 @@ def main() -> None:
     from factory_plugins.tiny.base import ATTENTION, format_prompt, native_bf16, parse_base_options
     from factory_plugins.tiny.family import LORA_TARGETS
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     bf16 = native_bf16()
     opts = parse_base_options({})
     t = time.perf_counter()
