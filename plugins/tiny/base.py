@@ -29,7 +29,7 @@ def format_prompt(prompt: str) -> str:
 # skills learn late (loss 0.8 at step 750, 0.3 at 1,250, 0.03 at 2,500). fast: the same rows a step
 # for fewer steps at a higher peak, see docs/benchmarks.md for what it reaches and what it costs.
 PROFILES: dict[str, dict[str, Any]] = {
-    "fast": {"steps": 1400, "batch_size": 64, "lr": 3e-3, "warmup_steps": 50},
+    "fast": {"steps": 1600, "batch_size": 64, "lr": 3e-3, "warmup_steps": 50},
     "classic": {"steps": 2600, "batch_size": 64, "lr": 3e-3, "warmup_steps": 50},
 }
 
