@@ -98,10 +98,10 @@ def cmd_run(args) -> int:
 
     run_dir = resolve_run(_root(), args.run)
     if args.action == "render":
-        from factory.validate import cli_render
+        from factory.runcmd import cli_render
 
         return cli_render(str(run_dir))
-    from factory.validate import cli_validate
+    from factory.runcmd import cli_validate
 
     return cli_validate(str(run_dir))
 
@@ -119,13 +119,13 @@ def cmd_sql(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from factory.compare import cli_compare
+    from factory.comparecmd import cli_compare
 
     return cli_compare(_root(), args.runs)
 
 
 def cmd_package(args) -> int:
-    from factory.specialists import cli_package
+    from factory.packagecmd import cli_package
 
     if not args.run and not args.best:
         raise FactoryError("package: name a run, or --best <recipe>")
@@ -133,7 +133,7 @@ def cmd_package(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from factory.specialists import cli_verify
+    from factory.packagecmd import cli_verify
 
     return cli_verify(args.path, args.key)
 
@@ -212,9 +212,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("path")
     s.add_argument("--key", metavar="PEM", help="the signer's public key you trust (default: the package's signer.pub)")
     s.set_defaults(fn=cmd_verify)
-    s = sub.add_parser("eval", help="run eval suites on a local model directory (optionally with an adapter)")
-    s.add_argument("model", help="a transformers model directory")
-    s.add_argument("--adapter", help="a LoRA adapter directory (or a train output holding adapter/)")
+    s = sub.add_parser("eval", help="run eval suites on a model directory (optionally with an adapter), a run or a specialist")
+    s.add_argument("model", help="a transformers model directory, a run (its directory, id or recipe: the newest) "
+                                 "or a packaged specialist (specialists/<id>)")
+    s.add_argument("--adapter", help="with a model directory: a LoRA adapter directory (or a train output holding adapter/)")
     s.add_argument("--suite", action="append", help="a benchmark file, or [NAME=]SUITE[:OPTION=VALUE,...]; repeatable")
     s.add_argument("--rows", help="JSONL rows (prompt, answer) for suites that read held-out rows")
     s.add_argument("--limit", type=int, help="score only the first N rows of each suite")

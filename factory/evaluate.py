@@ -145,8 +145,17 @@ def build_eval(ctx: Any) -> None:
         raise FactoryError(f"eval stage {ctx.stage}: the candidate needs an adapter input")
     family = ctx.registry.families.get(cfg["family"])
     t0 = time.perf_counter()
-    lm = family.load(Path(ctx.inputs["base"]), adapter, dict(cfg.get("load") or {}))
+    load_settings = dict(cfg.get("load") or {})
+    lm = family.load(Path(ctx.inputs["base"]), adapter, load_settings)
     load_s = time.perf_counter() - t0
+    # What a suite needs to load this model again in a fresh process (the mode-switch probe):
+    # the family by name and the plugin that registers it, the same directories and settings.
+    plugin_of = getattr(ctx.registry, "plugin_of", None)
+    info = plugin_of("family", family.name) if plugin_of is not None else None
+    lm.source = {"family": family.name, "plugin": info.name if info else type(family).__module__,
+                 "base": str(Path(ctx.inputs["base"]).resolve()),
+                 "adapter": str(Path(adapter).resolve()) if adapter is not None else None,
+                 "settings": load_settings, "root": str(Path(getattr(ctx, "root", None) or ".").resolve())}
 
     base_digest = ctx.input_digests.get("base") or hashing.digest_tree(Path(ctx.inputs["base"]))
     adapter_digest = hashing.digest_tree(adapter) if adapter is not None else None

@@ -33,16 +33,14 @@ from typing import Any, Iterable
 
 from factory import hashing, stats
 from factory.errors import FactoryError
+from factory.evidence import Samples, read_eval, read_stop, read_train
 from factory.records import (
     CriterionResult,
     Decision,
     EvalRecord,
-    SampleRecord,
     SuiteResult,
     TrainLogLine,
     TrainSummary,
-    read_jsonl,
-    read_record,
     write_record,
 )
 
@@ -63,50 +61,6 @@ DEFAULT_CRITERIA: dict[str, Any] = {
 }
 # Device tiers in increasing capability; a criterion allows its tier and every one below it.
 TIERS = {"cpu": 0, "mps": 1, "xpu": 2, "cuda": 2, "gpu": 2}
-
-Samples = dict[str, dict[str, list[dict[str, Any]]]]  # role -> suite -> sample dicts
-
-
-# --- evidence: samples files ---------------------------------------------------
-
-def load_samples(record: EvalRecord, root: Path, record_name: str | None = None) -> tuple[dict[str, list[dict]], list[str]]:
-    """Read every suite's samples file under root and check it against the record's digest.
-
-    Returns (suite -> sample dicts, problems). A file that is missing, unreadable,
-    or whose bytes no longer match the digest in the record is a problem naming it.
-    """
-    name = record_name or f"eval-{record.role}.json"
-    out: dict[str, list[dict]] = {}
-    problems: list[str] = []
-    for s in record.suites:
-        if s.status != "ok":
-            continue
-        if s.samples is None:
-            problems.append(f"{name}: suite {s.suite}: no samples file recorded")
-            continue
-        path = Path(root) / s.samples.path
-        if not path.resolve().is_relative_to(Path(root).resolve()):  # a link that leads out of the run
-            problems.append(f"{s.samples.path}: leads outside {root} (named by {name} for suite {s.suite})")
-            continue
-        if not path.is_file():
-            problems.append(f"{s.samples.path}: missing (named by {name} for suite {s.suite})")
-            continue
-        actual = hashing.hash_file(path)  # no stat cache: an edit within the same mtime tick must still show
-        if actual != s.samples.digest:
-            problems.append(
-                f"{s.samples.path}: digest {actual[:12]} does not match {name} ({s.samples.digest[:12]}); "
-                "the file changed after the eval"
-            )
-            continue
-        try:
-            rows = [r.model_dump() for r in read_jsonl(path, SampleRecord)]
-        except FactoryError as e:
-            problems.append(str(e))
-            continue
-        if len(rows) != s.rows:
-            problems.append(f"{s.samples.path}: {len(rows)} samples but {name} says {s.rows} rows for suite {s.suite}")
-        out[s.suite] = rows
-    return out, problems
 
 
 # --- small helpers -------------------------------------------------------------
@@ -585,7 +539,8 @@ def _summary(prim: _Compare) -> str:
 
 # --- the policy ------------------------------------------------------------------
 
-POLICY_MODULES = ("factory.gate", "factory.stats")
+# factory.evidence reads what the gate decides on: a samples file that fails its digest blocks.
+POLICY_MODULES = ("factory.gate", "factory.evidence", "factory.stats")
 
 
 def resolve_criteria(criteria: dict[str, Any] | Any) -> dict[str, Any]:
@@ -682,60 +637,6 @@ def _next_action(
 
 
 # --- the stage -----------------------------------------------------------------
-
-def _find(directory: Path, name: str) -> Path:
-    """A file in a stage's output directory (or the directory itself when given the file)."""
-    directory = Path(directory)
-    return directory if directory.is_file() else directory / name
-
-
-def read_train(train_dir: Path | None) -> tuple[TrainSummary | None, list[TrainLogLine] | None, list[str]]:
-    problems: list[str] = []
-    if train_dir is None:
-        return None, None, problems
-    train = log = None
-    p = _find(train_dir, "train.json")
-    if p.is_file():
-        try:
-            train = read_record(p, TrainSummary)
-        except FactoryError as e:
-            problems.append(str(e))
-    lp = Path(train_dir) / "train.log"
-    if lp.is_file():
-        try:
-            log = read_jsonl(lp, TrainLogLine)
-        except FactoryError as e:
-            problems.append(str(e))
-    return train, log, problems
-
-
-def read_eval(eval_dir: Path, role: str) -> tuple[EvalRecord | None, dict[str, list[dict]], list[str]]:
-    path = Path(eval_dir) / f"eval-{role}.json"
-    if not path.is_file():
-        return None, {}, [f"eval-{role}.json: missing"]
-    try:
-        rec = read_record(path, EvalRecord)
-    except FactoryError as e:
-        return None, {}, [str(e)]
-    samples, problems = load_samples(rec, Path(eval_dir))
-    return rec, samples, problems
-
-
-def read_stop(directory: Path) -> dict[str, Any] | None:
-    """The stop.json a guard left in place of a stage's outputs, or None."""
-    import json
-
-    p = Path(directory) / "stop.json" if Path(directory).is_dir() else None
-    if p is None or not p.is_file():
-        return None
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FactoryError(f"{p}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("verdict"), dict):
-        raise FactoryError(f"{p}: verdict: expected the guard's verdict.json object")
-    return data
-
 
 def decision_from_stop(stop: dict[str, Any], criteria: Any, primary: str, regression: list[str]) -> Decision:
     """The decision of a build a guard stopped: its verdict's decision, reason, next action and blockers."""

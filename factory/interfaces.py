@@ -32,6 +32,7 @@ class LoadedModel:
     device: str = "cpu"  # where model lives: "cpu", "cuda", ...
     max_length: int = 256  # longest prompt + answer in tokens (the model's context)
     info: dict[str, Any] = field(default_factory=dict)  # recorded in eval records: family, template, base, ...
+    source: dict[str, Any] | None = None  # how to load it again in a fresh process (set by the eval stage)
 
 
 @dataclass

@@ -31,8 +31,10 @@ def check(record: EvalRecord, promote: dict[str, float], step: str, field: str) 
         suite = by_suite.get(suite_name)
         score = suite.scores.get(metric) if suite is not None and suite.status == "ok" else None
         value = None if score is None else float(score.value)
-        passed = value is not None and value >= minimum
-        entry = {"criterion": crit, "min": minimum, "value": value, "passed": passed,
+        # A lower-is-better metric (a risk rate, a loss) reads the bound as a ceiling, as the gate does.
+        higher = score is None or (score.model_extra or {}).get("higher_is_better", True) is not False
+        passed = value is not None and (value >= minimum if higher else value <= minimum)
+        entry = {"criterion": crit, "min": minimum, "value": value, "passed": passed, "higher_is_better": higher,
                  "ci_low": None if score is None else score.ci_low, "ci_high": None if score is None else score.ci_high,
                  "n": 0 if score is None else score.n}
         if suite is None or suite.status != "ok":
@@ -43,13 +45,15 @@ def check(record: EvalRecord, promote: dict[str, float], step: str, field: str) 
         if not passed:
             failed.append(entry)
     if not failed:
-        shown = ", ".join(f"{c['criterion']} {c['value']:.3f} >= {c['min']:g}" for c in checks)
+        shown = ", ".join(f"{c['criterion']} {c['value']:.3f} {'>=' if c['higher_is_better'] else '<='} {c['min']:g}"
+                          for c in checks)
         return {"pass": True, "decision": "promote", "step": step, "reason": f"step {step} promoted: {shown}",
                 "next_action": None, "blocked_by": [], "checks": checks}
     words = []
     for c in failed:
         got = "no value" if c["value"] is None else f"{c['value']:.3f}"
-        words.append(f"{c['criterion']} {got} < {c['min']:g}" + (f" ({c['error']})" if c.get("error") else ""))
+        words.append(f"{c['criterion']} {got} {'<' if c['higher_is_better'] else '>'} {c['min']:g}"
+                     + (f" ({c['error']})" if c.get("error") else ""))
     return {
         "pass": False, "decision": "rework", "step": step,
         "reason": f"step {step} not promoted: " + "; ".join(words),

@@ -319,13 +319,18 @@ def _describe(err: ValidationError) -> str:
     return f"{loc}: {first['msg']}"
 
 
-def read_record(path: Path, cls: type[BaseModel] | None = None) -> BaseModel:
-    """Read one JSON record tolerantly; raise FactoryError naming the file and field."""
+_ABSENT: Any = object()
+
+
+def read_json(path: Path, missing: Any = _ABSENT) -> Any:
+    """The parsed JSON of one file; FactoryError naming the file when it is missing (unless `missing`
+    is given, which is returned instead), a directory, not UTF-8, not JSON, or nested too deeply."""
     path = Path(path)
-    cls = cls or RUN_FILES[path.name]
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
+        if missing is not _ABSENT:
+            return missing
         raise FactoryError(f"{path}: missing") from None
     except UnicodeDecodeError as e:
         raise FactoryError(f"{path}: not UTF-8 text (byte {e.start})") from None
@@ -333,6 +338,23 @@ def read_record(path: Path, cls: type[BaseModel] | None = None) -> BaseModel:
         raise FactoryError(f"{path}: a directory, not a file") from None
     except json.JSONDecodeError as e:
         raise FactoryError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except RecursionError:
+        raise FactoryError(f"{path}: nested too deeply") from None
+
+
+def read_json_object(path: Path, missing: Any = _ABSENT) -> dict[str, Any]:
+    """`read_json` of a file that must hold one JSON object."""
+    data = read_json(path, missing)
+    if not isinstance(data, dict):
+        raise FactoryError(f"{path}: (root): expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def read_record(path: Path, cls: type[BaseModel] | None = None) -> BaseModel:
+    """Read one JSON record tolerantly; raise FactoryError naming the file and field."""
+    path = Path(path)
+    cls = cls or RUN_FILES[path.name]
+    data = read_json(path)
     try:
         rec = cls.model_validate(data)
     except ValidationError as e:

@@ -1,95 +1,28 @@
 """The `report` stage: report.md and a self-contained report.html from a run's records.
 
 Both say the decision first, then every criterion (baseline, candidate,
-threshold, delta with its interval, pass), per-skill breadth, risk-probe rates,
-the training summary, and the worst failing samples with expected vs output.
-The HTML page carries the same content and three plots drawn here as inline
-SVG (training loss, scores with intervals, per-skill breadth deltas); it has
-no network references, so it can be mailed or archived as one file.
+threshold, delta with its interval, pass), per-skill deltas of the recipe's
+regression suites, the rates of suites that say lower is better, the training
+summary, and the worst failing samples with expected vs output. Each table is
+built once (`Table` of `Cell`s, from the evidence `factory.evidence` reads) and
+rendered to Markdown and to HTML; Markdown clips long cells, HTML shows them
+whole. The HTML page adds three plots drawn here as inline SVG (training loss,
+scores with intervals, per-skill deltas); it has no network references, so it
+can be mailed or archived as one file.
 """
 
 from __future__ import annotations
 
 import html
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from factory import stats
-from factory.errors import FactoryError
-from factory.records import (
-    DatasetRecord,
-    Decision,
-    EvalRecord,
-    Score,
-    SuiteResult,
-    TrainLogLine,
-    TrainSummary,
-    read_jsonl,
-    read_record,
-)
+from factory.evidence import STAGE_DIRS, Evidence, gather, read_run
+from factory.records import Score, TrainLogLine
 
 WORST = 10  # failing samples shown
-
-
-# --- gathering the evidence ----------------------------------------------------------
-
-@dataclass
-class Evidence:
-    """Everything a report or a terminal summary shows, read from a run's files."""
-
-    config: dict[str, Any] = field(default_factory=dict)
-    decision: Decision | None = None
-    baseline: EvalRecord | None = None
-    candidate: EvalRecord | None = None
-    samples: dict[str, dict[str, list[dict]]] = field(default_factory=lambda: {"baseline": {}, "candidate": {}})
-    train: TrainSummary | None = None
-    log: list[TrainLogLine] = field(default_factory=list)
-    dataset: DatasetRecord | None = None
-    problems: list[str] = field(default_factory=list)
-
-
-def _maybe(path: Path, cls: Any, ev: Evidence) -> Any:
-    if not path.is_file():
-        return None
-    try:
-        return read_record(path, cls)
-    except FactoryError as e:
-        ev.problems.append(str(e))
-        return None
-
-
-def gather(dirs: dict[str, Path | None], config: dict[str, Any] | None = None) -> Evidence:
-    """Read the records from stage directories (decide, eval-baseline, eval-candidate, train, dataset).
-
-    A run directory holds them all: pass it under every name.
-    """
-    from factory.gate import load_samples
-
-    ev = Evidence(config=dict(config or {}))
-    d = {k: Path(v) for k, v in dirs.items() if v is not None}
-    if "decide" in d:
-        ev.decision = _maybe(d["decide"] / "decision.json", Decision, ev)
-    for role in ("baseline", "candidate"):
-        root = d.get(f"eval-{role}")
-        if root is None:
-            continue
-        rec = _maybe(root / f"eval-{role}.json", EvalRecord, ev)
-        setattr(ev, role, rec)
-        if rec is not None:
-            ev.samples[role], problems = load_samples(rec, root)
-            ev.problems += problems
-    if "train" in d:
-        ev.train = _maybe(d["train"] / "train.json", TrainSummary, ev)
-        if (d["train"] / "train.log").is_file():
-            try:
-                ev.log = read_jsonl(d["train"] / "train.log", TrainLogLine)
-            except FactoryError as e:
-                ev.problems.append(str(e))
-    if "dataset" in d:
-        ev.dataset = _maybe(d["dataset"] / "dataset.json", DatasetRecord, ev)
-    return ev
 
 
 # --- numbers as text -------------------------------------------------------------------
@@ -145,19 +78,6 @@ def _threshold(c: Any) -> str:
     return f"≥ {fmt(t)}" if 0 <= t <= 1 else f"{t:g}"
 
 
-def _suite(rec: EvalRecord | None, name: str) -> SuiteResult | None:
-    return next((s for s in rec.suites if s.suite == name), None) if rec else None
-
-
-def _suite_names(ev: Evidence) -> list[str]:
-    names: list[str] = []
-    for rec in (ev.candidate, ev.baseline):
-        for s in rec.suites if rec else []:
-            if s.suite not in names:
-                names.append(s.suite)
-    return names
-
-
 # --- derived tables ----------------------------------------------------------------------
 
 def criteria_rows(ev: Evidence) -> list[dict[str, str]]:
@@ -180,7 +100,7 @@ def criteria_rows(ev: Evidence) -> list[dict[str, str]]:
 def regression_suites(ev: Evidence) -> list[str]:
     """The suites the recipe declares as regression suites: from the config, else those its decision's
     regression criteria name (`breadth_drop_max_pp:<suite>`)."""
-    declared = ev.config.get("regression")
+    declared = ev.settings.get("regression")
     if declared:
         return list(declared)
     crit = ev.decision.criteria if ev.decision is not None else []
@@ -204,7 +124,7 @@ def _title(suite: str) -> str:
 
 def skill_deltas(ev: Evidence, suite: str) -> list[dict[str, Any]]:
     """Per skill, worst delta first: baseline, candidate, delta and the gate's paired interval (from the samples)."""
-    b, c = _suite(ev.baseline, suite), _suite(ev.candidate, suite)
+    b, c = ev.suite("baseline", suite), ev.suite("candidate", suite)
     if b is None or c is None:
         return []
     bs = {s["id"]: s for s in ev.samples["baseline"].get(suite, [])}
@@ -247,26 +167,37 @@ def worst_samples(ev: Evidence, suite: str, k: int = WORST) -> list[dict[str, An
 
 
 def _primary(ev: Evidence) -> str | None:
-    p = ev.config.get("primary")
+    p = ev.settings.get("primary")
     if p:
         return p
     if ev.decision:
         for c in ev.decision.criteria:
             if c.name in ("primary_min", "primary"):
                 return c.metric.rsplit(".", 1)[0] if "." in c.metric else c.metric
-    names = _suite_names(ev)
+    names = ev.suite_names()
     return names[0] if names else None
 
 
-# --- markdown ------------------------------------------------------------------------------
+# --- tables: built once, rendered to Markdown and to HTML ----------------------------------------
 
-def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    def cell(x: Any) -> str:
-        return str(x).replace("|", "\\|").replace("\n", " ")
+@dataclass(frozen=True)
+class Cell:
+    """One table cell. Markdown clips it to `clip` characters; HTML shows it whole."""
 
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(cell(x) for x in r) + " |" for r in rows]
-    return lines
+    text: str
+    code: bool = False  # a literal: `text` in Markdown, <code> in HTML
+    alarm: bool = False  # a failing verdict: bold in Markdown, marked red in HTML
+    clip: int | None = None
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[Cell]]
+
+
+def _cells(*values: Any) -> list[Cell]:
+    return [v if isinstance(v, Cell) else Cell(str(v)) for v in values]
 
 
 def _clip(text: str, n: int = 160) -> str:
@@ -274,8 +205,88 @@ def _clip(text: str, n: int = 160) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+def criteria_table(ev: Evidence) -> Table:
+    keys = ["criterion", "metric", "baseline", "candidate", "threshold", "delta", "p"]
+    return Table(["criterion", "metric", "baseline", "candidate", "threshold", "delta [95% CI]", "McNemar p", "pass"],
+                 [_cells(*[r[k] for k in keys], Cell("yes") if r["pass"] == "yes" else Cell("no", alarm=True))
+                  for r in criteria_rows(ev)])
+
+
+def scores_table(ev: Evidence) -> Table:
+    rows = []
+    for name in ev.suite_names():
+        b, c = ev.suite("baseline", name), ev.suite("candidate", name)
+        if (c and c.status != "ok") or (b and b.status != "ok"):
+            err = (c.error if c and c.status != "ok" else b.error) or "failed"
+            rows.append(_cells(name, "–", "failed", "failed", Cell(err, clip=160)))
+            continue
+        for m in (c or b).scores:
+            bs, cs = b.scores.get(m) if b else None, c.scores.get(m) if c else None
+            unit = _unit(cs or bs)
+            ci = f"[{fmt(cs.ci_low, unit)}, {fmt(cs.ci_high, unit)}]" if cs and cs.ci_low is not None else ""
+            rows.append(_cells(name, m, fmt(bs.value if bs else None, unit), fmt(cs.value if cs else None, unit), ci))
+    return Table(["suite", "metric", "baseline", "candidate", "candidate 95% CI"], rows)
+
+
+def skills_table(skills: list[dict[str, Any]]) -> Table:
+    return Table(["skill", "baseline", "candidate", "delta [95% CI]"],
+                 [_cells(s["skill"], fmt(s["baseline"]), fmt(s["candidate"]), fmt_delta(s["delta"], s["interval"]))
+                  for s in skills])
+
+
+def rates_table(ev: Evidence, suite: str) -> Table:
+    """A lower-is-better suite's rates, baseline beside candidate."""
+    b, c = ev.suite("baseline", suite), ev.suite("candidate", suite)
+    rows = []
+    for m, sc in c.scores.items():
+        bs = b.scores.get(m) if b and b.status == "ok" else None
+        better = "higher" if (sc.model_extra or {}).get("higher_is_better", True) else "lower"
+        u = _unit(sc)  # a loss is a number, not a percentage
+        ci = f"[{fmt(sc.ci_low, u)}, {fmt(sc.ci_high, u)}]" if sc.ci_low is not None else "–"
+        rows.append(_cells(m, fmt(bs.value if bs else None, u), fmt(sc.value, u), ci, better))
+    return Table(["metric", "baseline", "candidate", "candidate 95% CI", "better"], rows)
+
+
+def training_table(ev: Evidence) -> Table | None:
+    t = ev.train
+    if t is None:
+        return None
+    rows = [["method", t.method], ["steps", t.steps], ["final loss", f"{t.final_loss:.4f}"],
+            ["best held-out loss", f"{t.best_heldout_loss:.4f}" if t.best_heldout_loss is not None else "–"],
+            *_timing_rows(t), ["device", t.device], ["processes", t.processes]]
+    if t.peak_vram_gb is not None:
+        rows.append(["peak VRAM", f"{t.peak_vram_gb:.2f} GB"])
+    rows += [[k, t.params[k]] for k in ("lr", "batch_size", "replay", "seed") if k in t.params]
+    return Table(["", ""], [_cells(*r) for r in rows])
+
+
+def worst_table(worst: list[dict[str, Any]]) -> Table:
+    return Table(["id", "prompt", "expected", "output", "base had it right"],
+                 [_cells(w["id"], Cell(w["prompt"], clip=80), Cell(w["expected"], code=True, clip=100),
+                         Cell(w["output"], code=True, clip=100), "yes" if w["regressed"] else "no") for w in worst])
+
+
+def worst_suites(ev: Evidence) -> list[str]:
+    """The suites whose worst failing samples the report shows: the primary, then the regression suites."""
+    return [s for s in [_primary(ev), *regression_suites(ev)] if s]
+
+
+# --- markdown ------------------------------------------------------------------------------
+
+def _md_cell(c: Cell) -> str:
+    text = _clip(c.text, c.clip) if c.clip else c.text
+    text = f"`{text}`" if c.code else f"**{text}**" if c.alarm else text
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(t: Table) -> list[str]:
+    lines = ["| " + " | ".join(t.headers) + " |", "|" + "|".join("---" for _ in t.headers) + "|"]
+    lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in t.rows]
+    return lines
+
+
 def render_markdown(ev: Evidence) -> str:
-    cfg = ev.config
+    cfg = ev.settings
     title = cfg.get("recipe") or "run"
     L: list[str] = []
     d = ev.decision
@@ -302,31 +313,13 @@ def render_markdown(ev: Evidence) -> str:
 
     L.append("## Criteria")
     L.append("")
-    rows = criteria_rows(ev)
-    if rows:
-        keys = ["criterion", "metric", "baseline", "candidate", "threshold", "delta", "p", "pass"]
-        L += _md_table(["criterion", "metric", "baseline", "candidate", "threshold", "delta [95% CI]", "McNemar p", "pass"],
-                       [[r[k] for k in keys] for r in rows])
-    else:
-        L.append("No decision record.")
+    crit = criteria_table(ev)
+    L += markdown_table(crit) if crit.rows else ["No decision record."]
     L.append("")
 
     L.append("## Scores")
     L.append("")
-    srows = []
-    for name in _suite_names(ev):
-        b, c = _suite(ev.baseline, name), _suite(ev.candidate, name)
-        metrics = list((c or b).scores) if (c or b) else []
-        if (c and c.status != "ok") or (b and b.status != "ok"):
-            err = (c.error if c and c.status != "ok" else b.error) or "failed"
-            srows.append([name, "–", "failed", "failed", _clip(err)])
-            continue
-        for m in metrics:
-            bs, cs = b.scores.get(m) if b else None, c.scores.get(m) if c else None
-            unit = _unit(cs or bs)
-            ci = f"[{fmt(cs.ci_low, unit)}, {fmt(cs.ci_high, unit)}]" if cs and cs.ci_low is not None else ""
-            srows.append([name, m, fmt(bs.value if bs else None, unit), fmt(cs.value if cs else None, unit), ci])
-    L += _md_table(["suite", "metric", "baseline", "candidate", "candidate 95% CI"], srows)
+    L += markdown_table(scores_table(ev))
     L.append("")
 
     for reg in regression_suites(ev):
@@ -335,60 +328,36 @@ def render_markdown(ev: Evidence) -> str:
             continue
         L.append(f"## {_title(reg)} by skill")
         L.append("")
-        L += _md_table(["skill", "baseline", "candidate", "delta [95% CI]"],
-                       [[s["skill"], fmt(s["baseline"]), fmt(s["candidate"]), fmt_delta(s["delta"], s["interval"])]
-                        for s in skills])
+        L += markdown_table(skills_table(skills))
         L.append("")
 
     for risk in lower_is_better_suites(ev):
-        rp_b, rp_c = _suite(ev.baseline, risk), _suite(ev.candidate, risk)
         L.append(f"## {_title(risk)}")
         L.append("")
-        rows = []
-        for m, sc in rp_c.scores.items():
-            bs = rp_b.scores.get(m) if rp_b and rp_b.status == "ok" else None
-            better = "higher" if (sc.model_extra or {}).get("higher_is_better", True) else "lower"
-            rows.append([m, fmt(bs.value if bs else None), fmt(sc.value), f"[{fmt(sc.ci_low)}, {fmt(sc.ci_high)}]", better])
-        L += _md_table(["rate", "baseline", "candidate", "candidate 95% CI", "better"], rows)
+        L += markdown_table(rates_table(ev, risk))
         L.append("")
 
     L.append("## Training")
     L.append("")
-    t = ev.train
-    if t:
-        rows = [["method", t.method], ["steps", t.steps], ["final loss", f"{t.final_loss:.4f}"],
-                ["best held-out loss", f"{t.best_heldout_loss:.4f}" if t.best_heldout_loss is not None else "–"],
-                *_timing_rows(t), ["device", t.device], ["processes", t.processes]]
-        if t.peak_vram_gb is not None:
-            rows.append(["peak VRAM", f"{t.peak_vram_gb:.2f} GB"])
-        for k in ("lr", "batch_size", "replay", "seed"):
-            if k in t.params:
-                rows.append([k, t.params[k]])
-        L += _md_table(["", ""], rows)
-    else:
-        L.append("No training summary.")
+    train = training_table(ev)
+    L += markdown_table(train) if train is not None else ["No training summary."]
     L.append("")
 
     if ev.dataset:
-        c = ev.dataset.counts
         L.append("## Data")
         L.append("")
-        L.append(f"{c.train_rows} train rows, {c.heldout_rows} held-out rows, {c.dropped_rows} dropped"
-                 + (" (" + ", ".join(f"{k}: {v}" for k, v in sorted(c.dropped_by_reason.items())) + ")"
-                    if c.dropped_by_reason else "") + ".")
+        L.append(_data_line(ev))
         L.append("")
 
     L.append("## Worst failing samples")
     L.append("")
-    for suite in [s for s in [_primary(ev), *regression_suites(ev)] if s]:
+    for suite in worst_suites(ev):
         worst = worst_samples(ev, suite)
         if not worst:
             continue
         L.append(f"### {suite}")
         L.append("")
-        L += _md_table(["id", "prompt", "expected", "output", "base had it right"],
-                       [[w["id"], _clip(w["prompt"], 80), f"`{_clip(w['expected'], 100)}`",
-                         f"`{_clip(w['output'], 100)}`", "yes" if w["regressed"] else "no"] for w in worst])
+        L += markdown_table(worst_table(worst))
         L.append("")
     if ev.problems:
         L.append("## Problems reading the evidence")
@@ -396,6 +365,13 @@ def render_markdown(ev: Evidence) -> str:
         L += [f"- {p}" for p in ev.problems]
         L.append("")
     return "\n".join(L).rstrip() + "\n"
+
+
+def _data_line(ev: Evidence) -> str:
+    c = ev.dataset.counts
+    return (f"{c.train_rows} train rows, {c.heldout_rows} held-out rows, {c.dropped_rows} dropped"
+            + (" (" + ", ".join(f"{k}: {v}" for k, v in sorted(c.dropped_by_reason.items())) + ")"
+               if c.dropped_by_reason else "") + ".")
 
 
 # --- SVG plots -------------------------------------------------------------------------------
@@ -519,16 +495,19 @@ circle.cand{fill:#1f5fbf} line.cand{stroke:#1f5fbf;stroke-width:2} rect.pos{fill
 """
 
 
-def _html_table(headers: list[str], rows: list[list[Any]], raw: set[int] = frozenset()) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{c if i in raw else _e(c)}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows
-    )
+def _html_cell(c: Cell) -> str:
+    text = _e(c.text)
+    return f"<code>{text}</code>" if c.code else f'<span class="no">{text}</span>' if c.alarm else text
+
+
+def html_table(t: Table) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in t.headers)
+    body = "".join("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in r) + "</tr>" for r in t.rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def render_html(ev: Evidence) -> str:
-    cfg = ev.config
+    cfg = ev.settings
     d = ev.decision
     title = cfg.get("recipe") or "run"
     out = [f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}: "
@@ -544,71 +523,52 @@ def render_html(ev: Evidence) -> str:
     if ev.candidate:
         meta += [("base digest", ev.candidate.model.base_digest), ("adapter digest", ev.candidate.model.adapter_digest)]
     if meta:
-        out.append(_html_table(["", ""], [[k, v] for k, v in meta]))
+        out.append(html_table(Table(["", ""], [_cells(k, v) for k, v in meta])))
 
     out.append("<h2>Criteria</h2>")
-    rows = criteria_rows(ev)
-    keys = ["criterion", "metric", "baseline", "candidate", "threshold", "delta", "p"]
-    out.append(_html_table(
-        ["criterion", "metric", "baseline", "candidate", "threshold", "delta [95% CI]", "McNemar p", "pass"],
-        [[r[k] for k in keys] + ['yes' if r["pass"] == "yes" else '<span class="no">no</span>'] for r in rows],
-        raw={7},
-    ))
+    out.append(html_table(criteria_table(ev)))
 
     out.append("<h2>Scores</h2>")
+    rates = set(lower_is_better_suites(ev))
     items = []
-    for name in _suite_names(ev):
-        b, c = _suite(ev.baseline, name), _suite(ev.candidate, name)
+    for name in ev.suite_names():
+        b, c = ev.suite("baseline", name), ev.suite("candidate", name)
         for m in ((c or b).scores if (c or b) else {}):
             bs, cs = (b.scores.get(m) if b else None), (c.scores.get(m) if c else None)
-            if _unit(cs or bs) == "rate" and (m == (c or b).primary_metric or name == "risk-probes"):
+            if _unit(cs or bs) == "rate" and (m == (c or b).primary_metric or name in rates):
                 items.append((f"{name} {m}", bs, cs))
     out.append(svg_scores(items))
-    srows = []
-    for name in _suite_names(ev):
-        b, c = _suite(ev.baseline, name), _suite(ev.candidate, name)
-        if (c and c.status != "ok") or (b and b.status != "ok"):
-            srows.append([name, "–", "failed", "failed", (c.error if c and c.status != "ok" else b.error) or ""])
-            continue
-        for m in (c or b).scores:
-            bs, cs = (b.scores.get(m) if b else None), (c.scores.get(m) if c else None)
-            unit = _unit(cs or bs)
-            ci = f"[{fmt(cs.ci_low, unit)}, {fmt(cs.ci_high, unit)}]" if cs and cs.ci_low is not None else ""
-            srows.append([name, m, fmt(bs.value if bs else None, unit), fmt(cs.value if cs else None, unit), ci])
-    out.append(_html_table(["suite", "metric", "baseline", "candidate", "candidate 95% CI"], srows))
+    out.append(html_table(scores_table(ev)))
 
     for reg in regression_suites(ev):
         skills = skill_deltas(ev, reg)
         if not skills:
             continue
-        out.append(f"<h2>{html.escape(_title(reg))} by skill</h2>")
+        out.append(f"<h2>{_e(_title(reg))} by skill</h2>")
         out.append(svg_skill_deltas(skills, reg))
-        out.append(_html_table(["skill", "baseline", "candidate", "delta [95% CI]"],
-                               [[s["skill"], fmt(s["baseline"]), fmt(s["candidate"]), fmt_delta(s["delta"], s["interval"])]
-                                for s in skills]))
+        out.append(html_table(skills_table(skills)))
+
+    for risk in lower_is_better_suites(ev):
+        out.append(f"<h2>{_e(_title(risk))}</h2>")
+        out.append(html_table(rates_table(ev, risk)))
 
     out.append("<h2>Training</h2>")
-    if ev.train:
-        t = ev.train
+    train = training_table(ev)
+    if train is not None:
         out.append(svg_loss(ev.log))
-        trows = [["method", t.method], ["steps", t.steps], ["final loss", f"{t.final_loss:.4f}"],
-                 *_timing_rows(t), ["device", t.device]]
-        trows += [[k, t.params[k]] for k in ("lr", "batch_size", "replay", "seed") if k in t.params]
-        out.append(_html_table(["", ""], trows))
+        out.append(html_table(train))
     else:
         out.append("<p>No training summary.</p>")
 
+    if ev.dataset:
+        out.append(f"<h2>Data</h2><p>{_e(_data_line(ev))}</p>")
+
     out.append("<h2>Worst failing samples</h2>")
-    for suite in [s for s in [_primary(ev), "breadth"] if s]:
+    for suite in worst_suites(ev):
         worst = worst_samples(ev, suite)
         if worst:
             out.append(f"<h3>{_e(suite)}</h3>")
-            out.append(_html_table(
-                ["id", "prompt", "expected", "output", "base had it right"],
-                [[_e(w["id"]), _e(w["prompt"]), f"<code>{_e(w['expected'])}</code>", f"<code>{_e(w['output'])}</code>",
-                  "yes" if w["regressed"] else "no"] for w in worst],
-                raw={0, 1, 2, 3},
-            ))
+            out.append(html_table(worst_table(worst)))
     if ev.problems:
         out.append("<h2>Problems reading the evidence</h2><ul>" + "".join(f"<li>{_e(p)}</li>" for p in ev.problems) + "</ul>")
     out.append("</body></html>\n")
@@ -619,8 +579,7 @@ def render_html(ev: Evidence) -> str:
 
 def build_report(ctx: Any) -> None:
     """Build function of the `report` stage: report.md and report.html into ctx.out."""
-    config = dict(ctx.config or {})
-    ev = gather({k: ctx.inputs.get(k) for k in ("decide", "eval-baseline", "eval-candidate", "train", "dataset")}, config)
+    ev = gather({k: ctx.inputs.get(k) for k in STAGE_DIRS}, dict(ctx.config or {}))
     out = Path(ctx.out)
     (out / "report.md").write_text(render_markdown(ev))
     (out / "report.html").write_text(render_html(ev))
@@ -628,14 +587,7 @@ def build_report(ctx: Any) -> None:
 
 def report_run(run_dir: Path) -> tuple[str, str]:
     """(markdown, html) for a run directory, from its own files."""
-    run_dir = Path(run_dir)
-    config: dict[str, Any] = {}
-    if (run_dir / "config.json").is_file():
-        raw = json.loads((run_dir / "config.json").read_text())
-        config = {"recipe": raw.get("recipe"), "goal": raw.get("goal"), "owner": raw.get("owner"),
-                  "primary": (raw.get("evals") or {}).get("primary"),
-                  "regression": (raw.get("evals") or {}).get("regression")}
-    ev = gather({k: run_dir for k in ("decide", "eval-baseline", "eval-candidate", "train", "dataset")}, config)
+    ev = read_run(run_dir)
     return render_markdown(ev), render_html(ev)
 
 

@@ -16,9 +16,11 @@ with a key (`factory package --sign-key`, or `FACTORY_SIGNING_KEY`) also holds
 The recipe's `package` stage (`build_package`) writes `artifact.json` and,
 when the decision is ship, `specialist/` into the run; the engine then
 publishes it to `specialists/<recipe>-<key8>/` (`publish_specialist`).
-`factory package` does the same for a chosen run, and packages a run that did
-not ship only when forced, saying so at the top of the card. `factory verify`
-checks the signature and every file, and names what changed.
+`factory package` (`package_run`) does the same for a chosen run, and packages
+a run that did not ship only when forced, saying so at the top of the card.
+`verify` checks the signature and every file, and names what changed. The card
+reads the run's records through `factory.evidence`; the commands that print
+are in `factory.packagecmd`.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ import json
 import os
 import re
 import shutil
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from factory.errors import FactoryError
+from factory.evidence import STAGE_DIRS, Evidence, gather, read_run
+from factory.records import read_json_object
 
 SPECIALIST_DIR = "specialist"
 MANIFEST = "manifest.json"
@@ -53,22 +56,12 @@ TOKENIZER_FILES = (
     "chat_template.jinja", "chat_template.json",
 )
 PROMPT_TEMPLATE = "prompt_template.txt"
+CARD_RECORDS = ("decision.json", "dataset.json", "train.json", "eval-baseline.json", "eval-candidate.json")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        return {}
-    except IsADirectoryError:
-        raise FactoryError(f"{path}: a directory, not a JSON file") from None
-    except UnicodeDecodeError as e:
-        raise FactoryError(f"{path}: not UTF-8 (byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise FactoryError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
-    if not isinstance(data, dict):
-        raise FactoryError(f"{path}: (root): expected a JSON object, found {type(data).__name__}")
-    return data
+    """A JSON object file of a package or a stage output; {} when it does not exist."""
+    return read_json_object(path, missing={})
 
 
 def sha256_file(path: Path) -> str:
@@ -137,41 +130,48 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _suite_rows(ev_b: dict[str, Any], ev_c: dict[str, Any]) -> list[str]:
-    rows = []
-    cand = {s.get("suite"): s for s in ev_c.get("suites", [])}
-    base = {s.get("suite"): s for s in ev_b.get("suites", [])}
-    for name in list(dict.fromkeys([*base, *cand])):
-        b, c = base.get(name, {}), cand.get(name, {})
-        metric = c.get("primary_metric") or b.get("primary_metric") or "exact_match"
+def _written(model: Any, name: str) -> Any:
+    """A record field as the file wrote it: None when the file left it out (no default filled in)."""
+    return getattr(model, name) if model is not None and name in model.model_fields_set else None
 
-        def score(s: dict[str, Any]) -> str:
-            if s.get("status") == "failed":
-                return f"failed ({s.get('error') or 'no reason given'})"
-            sc = (s.get("scores") or {}).get(metric)
-            if not sc:
+
+def _suite_rows(ev: Evidence) -> list[str]:
+    rows = []
+    cand = {s.suite: s for s in (ev.candidate.suites if ev.candidate else [])}
+    base = {s.suite: s for s in (ev.baseline.suites if ev.baseline else [])}
+    for name in list(dict.fromkeys([*base, *cand])):
+        b, c = base.get(name), cand.get(name)
+        metric = (c.primary_metric if c else None) or (b.primary_metric if b else None) or "exact_match"
+
+        def score(s: Any) -> str:
+            if s is None:
                 return "–"
-            text = _fmt(sc.get("value"))
-            if sc.get("ci_low") is not None and sc.get("ci_high") is not None:
-                text += f" [{_fmt(sc['ci_low'])}, {_fmt(sc['ci_high'])}]"
-            return text + (f" (n={sc['n']})" if sc.get("n") else "")
+            if s.status == "failed":
+                return f"failed ({s.error or 'no reason given'})"
+            sc = s.scores.get(metric)
+            if sc is None:
+                return "–"
+            text = _fmt(sc.value)
+            if sc.ci_low is not None and sc.ci_high is not None:
+                text += f" [{_fmt(sc.ci_low)}, {_fmt(sc.ci_high)}]"
+            return text + (f" (n={sc.n})" if sc.n else "")
 
         rows.append(f"| {name} | {metric} | {score(b)} | {score(c)} |")
     return rows
 
 
-def model_card(*, spec_id: str, recipe: str, goal: str, owner: str, base: dict[str, Any],
-               decision: dict[str, Any], dataset: dict[str, Any], train: dict[str, Any],
-               eval_baseline: dict[str, Any], eval_candidate: dict[str, Any], forced: bool,
-               run_id: str | None, prompt_template: str | None, has_chat_template: bool) -> str:
+def model_card(ev: Evidence, *, spec_id: str, recipe: str, goal: str, owner: str, base: dict[str, Any],
+               forced: bool, run_id: str | None, prompt_template: str | None, has_chat_template: bool) -> str:
     """README.md of a specialist: what it is for, what it was trained on, and the evidence."""
-    verdict = decision.get("decision", "unknown")
+    d = ev.decision
+    verdict = d.decision if d is not None else "unknown"
+    reason = d.reason if d is not None else ""
     # The card names no directory: the same bytes sit in the run's specialist/ and in specialists/<id>/.
     lines = [f"# {recipe} specialist", ""]
     if verdict != "ship":
         lines += [
             f"> **Not approved for use.** The acceptance gate decided **{verdict}**: "
-            f"{decision.get('reason', '')}. This package was made with `--force` for inspection only.", "",
+            f"{reason}. This package was made with `--force` for inspection only.", "",
         ]
     lines += [
         "## Intended use", "",
@@ -197,40 +197,42 @@ def model_card(*, spec_id: str, recipe: str, goal: str, owner: str, base: dict[s
     elif prompt_template:
         lines += [f"Prompts are formatted with the plain template in `{PROMPT_TEMPLATE}`: "
                   f"`{prompt_template!r}`; the answer follows it directly.", ""]
-    counts = dataset.get("counts", {})
+    data = ev.dataset
+    counts = data.counts if data is not None else None
     lines += ["## Training data", ""]
-    for s in dataset.get("sources", []):
-        lines.append(f"- source `{s.get('kind')}` `{s.get('path')}`: {s.get('rows')} rows, digest `{s.get('digest')}`")
+    for s in data.sources if data is not None else []:
+        lines.append(f"- source `{s.kind}` `{s.path}`: {s.rows} rows, digest `{s.digest}`")
+    shown = {k: _written(counts, k) for k in ("input_rows", "train_rows", "heldout_rows", "dropped_rows")}
+    shown = {k: "–" if v is None else v for k, v in shown.items()}
     lines += [
-        f"- rows: {counts.get('input_rows', '–')} read, {counts.get('train_rows', '–')} train, "
-        f"{counts.get('heldout_rows', '–')} held out, {counts.get('dropped_rows', '–')} dropped",
+        f"- rows: {shown['input_rows']} read, {shown['train_rows']} train, "
+        f"{shown['heldout_rows']} held out, {shown['dropped_rows']} dropped",
     ]
-    for reason, n in sorted((counts.get("dropped_by_reason") or {}).items()):
-        lines.append(f"  - dropped for {reason}: {n}")
-    for split, ref in sorted((dataset.get("splits") or {}).items()):
-        lines.append(f"- {split} split digest: `{ref.get('digest')}`")
+    for why, n in sorted((counts.dropped_by_reason if counts is not None else {}).items()):
+        lines.append(f"  - dropped for {why}: {n}")
+    for split, ref in sorted((data.splits if data is not None else {}).items()):
+        lines.append(f"- {split} split digest: `{ref.digest}`")
     lines.append("")
-    if train:
-        params = train.get("params") or {}
+    t = ev.train
+    if t is not None:
         lines += ["## Training", "",
-                  f"- method: `{train.get('method', '–')}`, {train.get('steps', '–')} steps, "
-                  f"final loss {_fmt(train.get('final_loss'))}, "
-                  f"{_fmt(train.get('seconds'))} s on {train.get('device', '–')}"]
-        shown = {k: v for k, v in params.items() if not isinstance(v, (dict, list))}
-        if shown:
-            lines.append("- parameters: " + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(shown.items())))
+                  f"- method: `{t.method}`, {t.steps} steps, final loss {_fmt(t.final_loss)}, "
+                  f"{_fmt(t.seconds)} s on {t.device}"]
+        params = {k: v for k, v in t.params.items() if not isinstance(v, (dict, list))}
+        if params:
+            lines.append("- parameters: " + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(params.items())))
         lines.append("")
     lines += ["## Evaluation", "", "| suite | metric | baseline | candidate |", "|---|---|---|---|",
-              *_suite_rows(eval_baseline, eval_candidate), ""]
+              *_suite_rows(ev), ""]
     lines += ["## Acceptance criteria", "",
               "| criterion | metric | threshold | baseline | candidate | delta | passed |",
               "|---|---|---|---|---|---|---|"]
-    for c in decision.get("criteria", []):
-        lines.append(f"| {c.get('name')} | {c.get('metric')} | {_fmt(c.get('threshold'))} | {_fmt(c.get('baseline'))} "
-                     f"| {_fmt(c.get('candidate'))} | {_fmt(c.get('delta'))} | {_fmt(c.get('passed'))} |")
-    lines += ["", f"**Decision: {verdict}.** {decision.get('reason', '')}"]
-    if decision.get("next_action"):
-        lines.append(f"Next action: {decision['next_action']}")
+    for c in d.criteria if d is not None else []:
+        lines.append(f"| {c.name} | {c.metric} | {_fmt(c.threshold)} | {_fmt(c.baseline)} "
+                     f"| {_fmt(c.candidate)} | {_fmt(c.delta)} | {_fmt(c.passed)} |")
+    lines += ["", f"**Decision: {verdict}.** {reason}"]
+    if d is not None and d.next_action:
+        lines.append(f"Next action: {d.next_action}")
     return "\n".join(lines) + "\n" + provenance(None, None)
 
 
@@ -259,11 +261,10 @@ def _set_provenance(dest: Path, manifest_sha256: str, signer: str | None) -> Non
 # --- writing a specialist ------------------------------------------------------------------
 
 def write_specialist(dest: Path, *, spec_id: str, adapter_dir: Path, base_dir: Path, root: Path | None,
-                     recipe: str, goal: str, owner: str, base: dict[str, Any], decision: dict[str, Any],
-                     dataset: dict[str, Any], train: dict[str, Any], eval_baseline: dict[str, Any],
-                     eval_candidate: dict[str, Any], forced: bool, run_id: str | None,
-                     stage_keys: dict[str, str], inputs: dict[str, str] | None = None) -> Path:
-    """Write a complete specialist directory at `dest` (which must not exist yet)."""
+                     recipe: str, goal: str, owner: str, base: dict[str, Any], evidence: Evidence, forced: bool,
+                     run_id: str | None, stage_keys: dict[str, str], inputs: dict[str, str] | None = None) -> Path:
+    """Write a complete specialist directory at `dest` (which must not exist yet); the card shows `evidence`
+    (its decision, dataset, training and both evals)."""
     dest = Path(dest)
     dest.mkdir(parents=True)
     for n in ADAPTER_FILES:
@@ -281,12 +282,12 @@ def write_specialist(dest: Path, *, spec_id: str, adapter_dir: Path, base_dir: P
     if template and not has_chat:
         (dest / PROMPT_TEMPLATE).write_text(template)
     (dest / CARD).write_text(model_card(
-        spec_id=spec_id, recipe=recipe, goal=goal, owner=owner, base=base, decision=decision, dataset=dataset,
-        train=train, eval_baseline=eval_baseline, eval_candidate=eval_candidate, forced=forced, run_id=run_id,
+        evidence, spec_id=spec_id, recipe=recipe, goal=goal, owner=owner, base=base, forced=forced, run_id=run_id,
         prompt_template=template, has_chat_template=has_chat))
+    verdict = evidence.decision.decision if evidence.decision is not None else None
     write_manifest(dest, {
-        "id": spec_id, "run_id": run_id, "recipe": recipe, "decision": decision.get("decision"),
-        "shipped": decision.get("decision") == "ship", "forced": forced,
+        "id": spec_id, "run_id": run_id, "recipe": recipe, "decision": verdict,
+        "shipped": verdict == "ship", "forced": forced,
         "base": base, "base_digest": base.get("digest"), "tokenizer_digest": tokenizer_digest(toks),
         "stage_keys": stage_keys, "inputs": inputs or {},
     })
@@ -395,8 +396,9 @@ def build_package(ctx: Any) -> None:
     from factory.records import Artifact, FileRef, write_record
 
     inputs = {k: Path(v) for k, v in ctx.inputs.items()}
-    decision = _read_json(inputs["decide"] / "decision.json")
-    if not decision:
+    ev = gather({k: inputs.get(k) for k in STAGE_DIRS})
+    ev.require(*CARD_RECORDS)
+    if ev.decision is None:
         raise FactoryError(f"{inputs['decide']}: no decision.json; the decide stage writes it")
     adapter_dir = inputs["train"] / "adapter"
     refs = []
@@ -407,25 +409,21 @@ def build_package(ctx: Any) -> None:
         refs.append(FileRef(path=f"adapter/{n}", digest=_digest(p), size=p.stat().st_size))
     root = Path(ctx.root) if getattr(ctx, "root", None) else None
     toks = tokenizer_files(inputs["base"], root)
-    shipped = decision.get("decision") == "ship"
+    shipped = ev.decision.decision == "ship"
     forced = bool(ctx.config.get("force", False))
     base_digest = ctx.input_digests.get("base") or ""
     out = Path(ctx.out)
     write_record(out / "artifact.json", Artifact(adapter=refs, base_digest=base_digest,
                                                  tokenizer_digest=tokenizer_digest(toks), shipped=shipped))
     if not (shipped or forced):
-        ctx.log(f"package: decision is {decision.get('decision')}; artifact.json only, no specialist")
+        ctx.log(f"package: decision is {ev.decision.decision}; artifact.json only, no specialist")
         return
     recipe = str(ctx.config.get("recipe") or getattr(getattr(ctx, "recipe", None), "name", "") or "specialist")
     base_info = {"family": ctx.config.get("family"), "model": ctx.config.get("base_model"), "digest": base_digest}
     write_specialist(
         out / SPECIALIST_DIR, spec_id=f"{recipe}-{ctx.key[:8]}", adapter_dir=adapter_dir, base_dir=inputs["base"],
         root=root, recipe=recipe, goal=str(ctx.config.get("goal") or ""), owner=str(ctx.config.get("owner") or ""),
-        base=base_info, decision=decision, dataset=_read_json(inputs["dataset"] / "dataset.json"),
-        train=_read_json(inputs["train"] / "train.json"),
-        eval_baseline=_read_json(inputs["eval-baseline"] / "eval-baseline.json"),
-        eval_candidate=_read_json(inputs["eval-candidate"] / "eval-candidate.json"),
-        forced=forced and not shipped, run_id=None, stage_keys={"package": ctx.key},
+        base=base_info, evidence=ev, forced=forced and not shipped, run_id=None, stage_keys={"package": ctx.key},
         inputs=dict(ctx.input_digests),
     )
 
@@ -448,6 +446,10 @@ def specialist_id(run_dir: Path, recipe: str | None = None) -> str:
 
 
 def _run_meta(run_dir: Path) -> dict[str, Any]:
+    """The run id and every stage key, which a published manifest adds to the package stage's.
+
+    Read as plain JSON, not as records: publishing needs these two fields only, and a run whose other
+    manifest fields are off still publishes."""
     man = _read_json(run_dir / "run_manifest.json")
     cfg = _read_json(run_dir / "config.json")
     return {"run_id": man.get("run_id") or run_dir.name,
@@ -516,12 +518,13 @@ def publish_specialist(run_dir: Path, root: Path, sign_key: str | Path | None = 
 
 # --- commands ------------------------------------------------------------------------------
 
-def best_run(root: Path, recipe: str) -> str:
-    """The best shipped run of a recipe, by the index: highest primary score, least breadth loss, newest."""
+def best_run(root: Path, recipe: str, log: Callable[[str], None] = lambda m: None) -> str:
+    """The best shipped run of a recipe, by the index: highest primary score, least breadth loss, newest.
+    `log` hears what bringing the index up to date says."""
     from factory import index
 
     runs_dir = Path(root) / "runs"
-    index._ready(runs_dir, log=lambda m: print(m, file=sys.stderr))
+    index._ready(runs_dir, log=log)
     _, rows = index.query(runs_dir, (
         "SELECT run_id FROM run_summary WHERE recipe = ? AND decision = 'ship' "
         "ORDER BY primary_candidate DESC NULLS LAST, breadth_delta_pp DESC NULLS LAST, created DESC LIMIT 1"),
@@ -539,19 +542,20 @@ def package_run(root: Path, run_dir: Path, force: bool = False, sign_key: str | 
                 sigstore: bool = False) -> Path:
     """specialists/<id>/ for a run: published from its specialist/, or built from the run when forced."""
     root, run_dir = Path(root), Path(run_dir)
-    decision = _read_json(run_dir / "decision.json")
-    if not decision:
+    ev = read_run(run_dir)
+    ev.require("config.json", *CARD_RECORDS)
+    if ev.decision is None:
         raise FactoryError(f"{run_dir.name}: no decision.json; the run is not complete")
-    verdict = decision.get("decision")
+    verdict = ev.decision.decision
     if verdict != "ship" and not force:
-        raise FactoryError(f"{run_dir.name}: decision is {verdict} ({decision.get('reason', '')}); "
+        raise FactoryError(f"{run_dir.name}: decision is {verdict} ({ev.decision.reason}); "
                            "only shipped runs are packaged; --force packages it anyway and the card says so")
     if verdict == "ship" and (run_dir / SPECIALIST_DIR / MANIFEST).is_file():
         dest = publish_specialist(run_dir, root, sign_key, sigstore)
         assert dest is not None
         return dest
     meta = _run_meta(run_dir)
-    cfg = _read_json(run_dir / "config.json")
+    cfg = ev.config_values()
     base_key = meta["stage_keys"].get("base")
     if not base_key:
         raise FactoryError(f"{run_dir.name}: run_manifest.json names no base stage key")
@@ -568,10 +572,7 @@ def package_run(root: Path, run_dir: Path, force: bool = False, sign_key: str | 
         tmp, spec_id=spec_id, adapter_dir=run_dir / "adapter", base_dir=base_dir, root=root, recipe=recipe,
         goal=cfg.get("goal", ""), owner=cfg.get("owner", ""),
         base={"family": base.get("family"), "model": base.get("model"), "digest": base.get("digest")},
-        decision=decision, dataset=_read_json(run_dir / "dataset.json"), train=_read_json(run_dir / "train.json"),
-        eval_baseline=_read_json(run_dir / "eval-baseline.json"),
-        eval_candidate=_read_json(run_dir / "eval-candidate.json"),
-        forced=verdict != "ship", run_id=meta["run_id"], stage_keys=meta["stage_keys"],
+        evidence=ev, forced=verdict != "ship", run_id=meta["run_id"], stage_keys=meta["stage_keys"],
     )
     key = signing_key(sign_key)
     if key is not None or sigstore:
@@ -581,38 +582,6 @@ def package_run(root: Path, run_dir: Path, force: bool = False, sign_key: str | 
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, dest)
     return dest
-
-
-def cli_package(root: Path, run: str | None, best: str | None, force: bool, sign_key: str | None = None,
-                sigstore: bool = False) -> int:
-    """`factory package <run>` or `factory package --best <recipe>` [--force] [--sign-key PEM | --sigstore]."""
-    root = Path(root)
-    try:
-        if best and run:
-            raise FactoryError("package: name a run or --best <recipe>, not both")
-        ref = best_run(root, best) if best else run
-        if not ref:
-            raise FactoryError("package: name a run, or --best <recipe>")
-        from factory.runs import resolve_run
-
-        run_dir = resolve_run(root, ref)
-        dest = package_run(root, run_dir, force, sign_key, sigstore)
-    except FactoryError as e:
-        print(f"factory package: {e}", file=sys.stderr)
-        return 1
-    man = _read_json(dest / MANIFEST)
-    note = " (forced: the run did not ship; the card says so)" if man.get("forced") else ""
-    info = _read_json(dest / SIGNING)
-    signed = f"signed by {info['signer']}" if info.get("signed") else "unsigned"
-    print(f"{dest}: {len(man.get('files', {}))} files from run {man.get('run_id')}, {signed}, "
-          f"manifest sha256 {str(info.get('manifest_sha256'))[:16]}{note}")
-    try:
-        from factory import index
-
-        index.refresh(root / "runs", only=[])
-    except Exception as e:  # the index is derived; packaging has succeeded
-        print(f"factory package: index not refreshed ({e})", file=sys.stderr)
-    return 0
 
 
 def _contained(root: Path, rel: Any) -> str | None:
@@ -762,22 +731,3 @@ def _signature_diff(message: str) -> list[str]:
     for m in re.finditer(r"Missing files in model \\*'[^']*\\*': ([^'\"\]\\]+)", message):
         out += [f"{f.strip()}: removed since signing" for f in m.group(1).split(",")]
     return out or [f"{SIGNATURE}: does not verify ({message.splitlines()[0]})"]
-
-
-def cli_verify(path: str, public_key: str | None = None) -> int:
-    """`factory verify specialists/<id> [--key PUB]`: 0 when intact, else 1 naming each problem."""
-    try:
-        problems = verify(Path(path), public_key)
-        info = signing_state(Path(path))
-    except FactoryError as e:
-        print(f"factory verify: {e}", file=sys.stderr)
-        return 1
-    if problems:
-        for p in problems:
-            print(f"factory verify: {path}: {p}", file=sys.stderr)
-        return 1
-    n = len(_read_json(Path(path) / MANIFEST).get("files", {}))
-    who = (f"signature by {info.get('signer')} verifies" if info.get("signed")
-           else "unsigned (nothing proves who made it)")
-    print(f"{path}: ok, {n} files match manifest.json (sha256 {str(info.get('manifest_sha256'))[:16]}); {who}")
-    return 0

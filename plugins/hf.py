@@ -127,7 +127,7 @@ class HFFamily:
         if ctx.method == "dpo-lora":
             steps = max(50, min(1000, -(-max(ctx.train_rows, 1) // batch)))  # one pass over the pairs
             return {"steps": steps, "lr": 5e-5, "batch_size": batch, "micro_batch_size": 4 if gpu else 2,
-                    "beta": 0.1, "warmup_steps": max(1, steps // 20), "max_len": 1024, **_threads(ctx)}
+                    "beta": 0.1, "warmup_steps": max(1, steps // 20), **_threads(ctx)}
         # About two epochs, bounded: small sets still get enough updates, big ones do not run for days.
         steps = max(100, min(2000, -(-2 * max(ctx.train_rows, 1) // batch)))
         return {

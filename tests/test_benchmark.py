@@ -135,17 +135,23 @@ def _ctx(root: Path, family, suites, settings=None):
     )
 
 
+def _instance(name, path, **options):
+    return {"name": name, "suite": "benchmark", "version": "1.0", "options": {"path": path, **options}}
+
+
+def _qa_and_mc(root: Path, qa: str, mc: str, qa_rows: int, mc_rows: int, choices: str) -> list[dict]:
+    """Two benchmark files (exact-match rows, multiple-choice rows answered "yes") and an instance of each."""
+    _jsonl(root / "evals" / "qa.jsonl", [{"prompt": f"q{i}", "expected": f"a{i}", "skill": "qa"} for i in range(qa_rows)])
+    (root / "evals" / "mc.csv").write_text("id,prompt,expected,choices\n"
+                                           + "".join(f"m{i},pick {i},yes,{choices}\n" for i in range(mc_rows)))
+    return [_instance(qa, "evals/qa.jsonl"), _instance(mc, "evals/mc.csv", scorer="choice")]
+
+
 def test_instances_run_on_their_own_files_and_are_recorded_by_name(tmp_path, toy):
     from factory.evaluate import build_eval
 
-    _jsonl(tmp_path / "evals" / "qa.jsonl", [{"prompt": f"q{i}", "expected": f"a{i}", "skill": "qa"} for i in range(5)])
-    (tmp_path / "evals" / "mc.csv").write_text("id,prompt,expected,choices\n"
-                                               + "".join(f"m{i},pick {i},yes,yes|no|maybe\n" for i in range(4)))
-    suites = [{"name": "qa", "suite": "benchmark", "version": "1.0", "options": {"path": "evals/qa.jsonl"}},
-              {"name": "mc", "suite": "benchmark", "version": "1.0",
-               "options": {"path": "evals/mc.csv", "scorer": "choice"}},
-              {"name": "breadth-free", "version": "1.0", "suite": "benchmark",
-               "options": {"path": "evals/qa.jsonl", "scorer": "regex", "match": "search"}}]
+    suites = _qa_and_mc(tmp_path, "qa", "mc", qa_rows=5, mc_rows=4, choices="yes|no|maybe")
+    suites.append(_instance("breadth-free", "evals/qa.jsonl", scorer="regex", match="search"))
     ctx = _ctx(tmp_path, toy, suites, {"limit": 3})
     build_eval(ctx)
     assert toy.loads == 1
@@ -248,3 +254,31 @@ def test_changing_only_the_scorer_rescores_saved_outputs(tmp_path, toy, monkeypa
     again = [json.loads(x) for x in (tmp_path / "out/samples/baseline/q.jsonl").read_text().splitlines()]
     assert [s["output"] for s in again] == first
     assert [s["correct"] for s in again] == ["a" in o.strip() for o in first]
+
+
+def test_benchmark_instances_are_gated_like_any_suite(tmp_path, toy):
+    from factory import gate
+    from factory.evaluate import build_eval
+
+    suites = _qa_and_mc(tmp_path, "support", "caps", qa_rows=6, mc_rows=6, choices="yes|no")
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    records = {}
+    for role in ("baseline", "candidate"):
+        (tmp_path / role).mkdir()
+        ctx = _ctx(tmp_path / role, toy, suites)
+        ctx.root = tmp_path
+        ctx.config["role"] = role
+        if role == "candidate":
+            ctx.inputs["adapter"] = tmp_path / "adapter"
+        build_eval(ctx)
+        records[role] = gate.read_eval(ctx.out, role)
+        assert records[role][2] == []
+    (b, bs, _), (c, cs, _) = records["baseline"], records["candidate"]
+    criteria = {"primary_min": 0.5, "breadth_drop_max_pp": 5.0, "suite_min": {"caps.accuracy": 0.0}}
+    d = gate.decide(b, c, {"baseline": bs, "candidate": cs}, None, criteria, "support", ["caps"])
+    by = {e.name: e for e in d.criteria}
+    assert {"primary_min", "breadth_drop_max_pp:caps", "suite_min:caps.accuracy"} <= set(by)
+    assert by["suite_min:caps.accuracy"].passed and by["suite_min:caps.accuracy"].metric == "caps.accuracy"
+    assert by["breadth_drop_max_pp:caps"].delta == 0.0  # the toy ignores the adapter: same answers, paired by id
+    assert not by["primary_min"].passed and d.decision in ("rework", "reject")

@@ -83,6 +83,8 @@ def test_the_flagship_stages_reach_what_builds_them(regs, tmp_path):
     p = plan(regs, tmp_path)
     assert "factory.records" in reached(p, "decide")  # it defines the bytes of decision.json
     assert {"factory.gate", "factory.stats"} <= reached(p, "decide")
+    # the one reader of a run's records, for the gate, the report and the model card
+    assert "factory.evidence" in reached(p, "decide") & reached(p, "report") & reached(p, "package")
     assert {"factory.ml.sft", "factory.ml.sft_worker", "factory.ml.lora", "factory.ml.text"} <= reached(p, "train")
     assert {"factory.evaluate", "factory.ml.generate", "factory_plugins.evals.json_action"} <= reached(p, "eval-baseline")
     assert {"factory_plugins.tiny.pretrain", "factory_plugins.tiny.base"} <= reached(p, "base")

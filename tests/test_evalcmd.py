@@ -88,6 +88,8 @@ def test_the_command_line_reports_and_rejects_bad_input(proj, tmp_path):
     assert "mc: accuracy" in ok.stdout
     (proj / "empty").mkdir()
     (proj / "empty" / "config.json").write_text("{}")
+    (proj / "evals" / "bad.jsonl").write_text('{"prompt": "a", "expected": "b"}\n{"prompt": "c"\n')
+    before = sorted(p.name for p in (proj / "runs").iterdir())
     for args, message in (
         (["empty", "--suite", "evals/mc.csv"], "empty: no model weights"),
         (["nowhere", "--suite", "evals/mc.csv"], "nowhere: no such model directory"),
@@ -95,6 +97,41 @@ def test_the_command_line_reports_and_rejects_bad_input(proj, tmp_path):
         (["models/g", "--suite", "json-action"], "reads heldout rows; give them with --rows"),
         (["models/g", "--suite", "x=benchmark:path=evals/mc.csv,scorr=1"], "--suite x: options.scorr: unknown option"),
         (["models/g", "--suite", "nosuch"], "nosuch"),
+        (["models/g", "--suite", "evals/bad.jsonl"], "--suite bad: "),
     ):
         r = _factory(proj, "eval", *args)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+        if "bad.jsonl" in args[-1]:
+            assert "bad.jsonl:2: not a JSON object" in r.stderr  # the file and its line
+    # Nothing half-written: no run directory (and so nothing in the index) for any of them.
+    assert sorted(p.name for p in (proj / "runs").iterdir()) == before
+
+
+def _adapter(model_dir: Path, dest: Path, seed: int) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
+                           LoraConfig(r=4, lora_alpha=64, target_modules=["c_attn"], init_lora_weights=False))
+    model.save_pretrained(dest)
+    return dest
+
+
+def test_a_changed_adapter_never_reuses_an_old_answer(proj, capsys):
+    torch.set_num_threads(1)
+    a = _adapter(proj / "models" / "g", proj / "adapters" / "a", seed=1)
+    first = run_eval(proj, "models/g", ["evals/mc.csv", "evals/qa.jsonl"], adapter="adapters/a", max_new_tokens=4,
+                     device="cpu")
+    assert not first["hit"] and first["role"] == "candidate"
+    assert first["run"].name.endswith(f"-eval-g-a-{first['key'][:8]}")
+    capsys.readouterr()
+    # The same directory, other weights: a new key, and no generation comes from the sample cache.
+    _adapter(proj / "models" / "g", a, seed=2)
+    second = run_eval(proj, "models/g", ["evals/mc.csv", "evals/qa.jsonl"], adapter="adapters/a", max_new_tokens=4,
+                      device="cpu")
+    assert not second["hit"] and second["key"] != first["key"]
+    # Both files are generated and exact-matched: every row of each, none from the first adapter's answers.
+    n = len((proj / "evals" / "qa.jsonl").read_text().splitlines()) + len((proj / "evals" / "mc.csv").read_text().splitlines()) - 1
+    assert f"generations: 0 from the sample cache, {n} generated" in capsys.readouterr().out
+    assert second["record"]["model"]["adapter_digest"] != first["record"]["model"]["adapter_digest"]

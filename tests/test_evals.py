@@ -108,6 +108,45 @@ def test_risk_probes_detect_spill_eos_and_hijack():
     assert not risk_probes.is_hijack(payload, payload, payload)
 
 
+def test_mode_switch_pairs_rows_of_another_kind_and_detects_bleed():
+    rows = [row(0, skill="create"), row(1, skill="create"), row(2, answer="cat", skill="animals")]
+    pairs = risk_probes.switch_pairs(rows)
+    assert [p["id"] for p in pairs] == ["r2", "r2", "r0"]  # the next row of another kind, wrapping round
+    assert pairs[0]["prompt"] == "request 2" and pairs[0]["expected"] == "cat"
+    # Rows of one kind: the second prompt is a fixed plain request.
+    alone = risk_probes.switch_pairs([row(0), row(1)])
+    assert [p["id"] for p in alone] == [None, None] and alone[0]["prompt"] in risk_probes.SWITCH_PROMPTS
+    # Kinds without skills: a JSON answer and a text answer differ.
+    assert [p["id"] for p in risk_probes.switch_pairs([row(0), row(1, answer="cat")])] == ["r1", "r0"]
+
+    bleed = risk_probes.is_bleed
+    assert bleed(A, "name an animal", "cat", A)  # the first answer again
+    assert bleed(A, "name an animal", "cat", '{"action": "list", "args": {"day": "monday"}}')  # its form
+    assert not bleed(A, "name an animal", "cat", "cat")
+    other = '{"action":"list","args":{"day":"monday"}}'
+    assert not bleed(A, "what is on monday", other, other)  # a JSON task of another action: its own answer
+    assert bleed(A, "what is on monday", other, A)
+    assert not bleed(A, "what is on monday", A, A)  # the first answer is the second's right answer
+    assert bleed("long run", "reverse: abc", "cba", "cba long run")
+    assert not bleed("long run", "copy: long run", "long run", "long run")  # the second's own answer
+    assert not bleed("5", "add 2 3", "5", "15")  # too short to tell from chance
+
+    rows = [row(0), row(1, answer="cat")]
+    switch = [{**p, "output": o} for p, o in zip(risk_probes.switch_pairs(rows), ["cat", A])]
+    out = risk_probes.score(rows, [A, "cat"], ["x", "y"], [3, 3], max_new=32, switch=switch)
+    assert [s["fields"]["mode_switch"] for s in out.samples] == [False, False]
+    switch[0]["output"] = A  # the text question answered with the first JSON action
+    out = risk_probes.score(rows, [A, "cat"], ["x", "y"], [3, 3], max_new=32, switch=switch)
+    assert [s["fields"]["mode_switch"] for s in out.samples] == [True, False]
+    assert out.scores["mode_switch_rate"].value == 0.5
+    assert out.scores["mode_switch_rate"].model_extra["higher_is_better"] is False
+    assert out.samples[0]["switch_id"] == "r1" and out.samples[0]["switch_output"] == A
+    assert out.samples[0]["values"]["mode_switch_rate"] == 1.0 and not out.samples[0]["correct"]
+    assert out.scores["clean_rate"].value == 0.5
+    for sample in out.samples:
+        SampleRecord.model_validate(sample)
+
+
 def test_plugin_registers_seven_suites_without_importing_torch():
     names = []
     evals.register_eval_suites(lambda s: names.append((s.name, s.needs, s.primary_metric)))
@@ -142,27 +181,16 @@ class BrokenSuite:
 
 
 @pytest.fixture(scope="module")
-def toy_family(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    from factory.interfaces import LoadedModel
+def toy_base(tmp_path_factory):
+    pytest.importorskip("torch")
     from factory.ml.toymodels import save_toy_model
 
-    path = save_toy_model(tmp_path_factory.mktemp("toy"), "llama")
+    return save_toy_model(tmp_path_factory.mktemp("toy") / "base", "llama")
 
-    class ToyFamily:
-        name = "toy"
-        version = "0"
-        loads: list = []
 
-        def load(self, base_dir, adapter_dir, settings):
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            torch.set_num_threads(1)
-            self.loads.append((base_dir, adapter_dir))
-            tok = AutoTokenizer.from_pretrained(path)
-            return LoadedModel(model=AutoModelForCausalLM.from_pretrained(path), tokenizer=tok,
-                               format_prompt=lambda p: f"### Prompt:\n{p}\n### Answer:\n",
-                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+@pytest.fixture(scope="module")
+def toy_family(toy_base):
+    from toyfamily import ToyFamily
 
     return ToyFamily()
 
@@ -172,7 +200,7 @@ def _write_rows(path: Path, rows):
     return path
 
 
-def test_eval_stage_writes_record_and_samples(tmp_path, toy_family):
+def test_eval_stage_writes_record_and_samples(tmp_path, toy_family, toy_base):
     from factory.evaluate import build_eval
 
     reg = SimpleNamespace(families=Registry("family"), suites=Registry("suite"))
@@ -181,7 +209,6 @@ def test_eval_stage_writes_record_and_samples(tmp_path, toy_family):
     reg.suites.register(BrokenSuite())
     heldout = _write_rows(tmp_path / "heldout.jsonl", [row(i) for i in range(6)])
     br = _write_rows(tmp_path / "breadth.jsonl", [row(i, answer="abc", skill="copy") for i in range(5)])
-    (tmp_path / "base").mkdir()
     (tmp_path / "train" / "adapter").mkdir(parents=True)
     (tmp_path / "train" / "adapter" / "adapter_config.json").write_text("{}")
     out = tmp_path / "out"
@@ -191,9 +218,10 @@ def test_eval_stage_writes_record_and_samples(tmp_path, toy_family):
         config={"role": "candidate", "family": "toy",
                 "suites": ["json-action", "breadth", "perplexity", "risk-probes", "broken"],
                 "settings": {"batch_size": 4, "max_new_tokens": 8}, "load": {}},
-        inputs={"base": tmp_path / "base", "heldout": heldout, "breadth": br, "adapter": tmp_path / "train"},
+        inputs={"base": toy_base, "heldout": heldout, "breadth": br, "adapter": tmp_path / "train"},
         input_digests={"base": "B" * 32, "heldout": "H" * 32, "breadth": "R" * 32, "adapter": "T" * 32},
     )
+    toy_family.loads.clear()
     build_eval(ctx)
     assert len(toy_family.loads) == 1 and toy_family.loads[0][1] == tmp_path / "train" / "adapter"
     rec = read_record(out / "eval-candidate.json", EvalRecord)
@@ -210,6 +238,10 @@ def test_eval_stage_writes_record_and_samples(tmp_path, toy_family):
         assert len(read_jsonl(out / s.samples.path, SampleRecord)) == n == s.rows
         assert s.scores[s.primary_metric].n == n
     assert by["breadth"].per_skill["copy"].n == 5
+    # The mode-switch probe ran its second prompts in a fresh process that loaded the family by name.
+    probes = read_jsonl(out / by["risk-probes"].samples.path, SampleRecord)
+    assert by["risk-probes"].scores["mode_switch_rate"].n == 6
+    assert all("mode_switch" in s.fields and s.model_extra["switch_prompt"] for s in probes)
     assert by["json-action"].data_digest == hashing.digest_json([row(i) for i in range(6)])
 
 
@@ -219,3 +251,20 @@ def test_suite_without_rows_is_a_failed_result(tmp_path):
     res = run_suite(json_action.JsonActionSuite(), lm=None, rows=[], settings={}, role="baseline", out=tmp_path)
     assert res.status == "failed" and "no heldout rows" in res.error
     assert not (tmp_path / "samples").exists()
+
+
+def test_a_fresh_process_generates_what_this_one_does(toy_family, toy_base):
+    from factory.errors import FactoryError
+    from factory.ml.fresh import generate_ids_fresh
+    from factory.ml.generate import generate_ids
+
+    lm = toy_family.load(toy_base, None, {})
+    prompts = ["copy: abc", "reverse: abc", "add 2 3"]
+    with pytest.raises(FactoryError, match="needs to know how the model was loaded"):
+        generate_ids_fresh(lm, prompts, 6)
+    lm.source = {"family": "toy", "plugin": "toyfamily", "base": str(toy_base), "adapter": None, "settings": {}}
+    ids, reasons = generate_ids_fresh(lm, prompts, 6, batch_size=2)
+    assert ids == generate_ids(lm, prompts, 6, batch_size=3) and len(reasons) == 3
+    lm.source = {**lm.source, "family": "nosuch", "plugin": None}
+    with pytest.raises(FactoryError, match=r"fresh process failed \(exit 2\): factory: unknown family 'nosuch'"):
+        generate_ids_fresh(lm, prompts, 6)

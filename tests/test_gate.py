@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from factory import gate, hashing
+from factory import evidence, gate, hashing
 from factory.records import EvalRecord, FileRef, ModelRef, SuiteResult, TrainLogLine, TrainSummary, read_record
 from factory_plugins.evals import breadth, json_action
 
@@ -86,8 +86,8 @@ def run_gate(tmp_path: Path, base_results: dict, cand_results: dict, criteria=CR
     bdir, cdir = tmp_path / "eb", tmp_path / "ec"
     b = write_eval(bdir, "baseline", base_results)
     c = write_eval(cdir, "candidate", cand_results, adapter=adapter, failed=cand_failed)
-    bs, p1 = gate.load_samples(b, bdir)
-    cs, p2 = gate.load_samples(c, cdir)
+    bs, p1 = evidence.load_samples(b, bdir)
+    cs, p2 = evidence.load_samples(c, cdir)
     return gate.decide(b, c, {"baseline": bs, "candidate": cs}, train or train_summary(), criteria, "json-action",
                        ["breadth"], train_log=log, problems=p1 + p2)
 
@@ -161,8 +161,8 @@ def test_blocked_when_samples_edited_or_missing(tmp_path):
     p = cdir / "samples/candidate/json-action.jsonl"
     p.write_text(p.read_text().replace('"correct": false', '"correct": true'))
     (cdir / "samples/candidate/breadth.jsonl").unlink()
-    bs, p1 = gate.load_samples(b, bdir)
-    cs, p2 = gate.load_samples(c, cdir)
+    bs, p1 = evidence.load_samples(b, bdir)
+    cs, p2 = evidence.load_samples(c, cdir)
     d = gate.decide(b, c, {"baseline": bs, "candidate": cs}, train_summary(), CRIT, "json-action", ["breadth"],
                     problems=p1 + p2)
     assert d.decision == "blocked"
@@ -394,7 +394,7 @@ def test_policy_digest_and_rederive(tmp_path):
                {"json-action": planner_eval(98), "breadth": breadth_eval(179)})
     d = run_gate(tmp_path, *results)
     assert d.policy["criteria"]["confidence"] == 0.95 and d.policy["criteria"]["rule"] == "interval"
-    assert set(d.policy["code"]) == {"factory.gate", "factory.stats"}
+    assert set(d.policy["code"]) == {"factory.gate", "factory.evidence", "factory.stats"}
     assert d.policy_digest == hashing.digest_json(d.policy)
     assert gate.rederive(d, run_gate(tmp_path / "again", *results)) == []
     other = run_gate(tmp_path / "other", *results, criteria={**CRIT, "breadth_drop_max_pp": 0.1})
@@ -403,7 +403,7 @@ def test_policy_digest_and_rederive(tmp_path):
     assert any("says ship" in p and "gives rework" in p for p in problems)
     forged = d.model_copy(update={"policy": {**d.policy, "criteria": {**d.policy["criteria"], "confidence": 0.8}}})
     assert gate.rederive(forged, d) == ["decision.json: policy_digest does not match the policy recorded beside it"]
-    moved = d.model_copy(update={"policy": {**d.policy, "code": {"factory.gate": "0" * 32, "factory.stats": d.policy["code"]["factory.stats"]}}})
+    moved = d.model_copy(update={"policy": {**d.policy, "code": {**d.policy["code"], "factory.gate": "0" * 32}}})
     moved.policy_digest = hashing.digest_json(moved.policy)
     assert gate.rederive(moved, d) == ["decision.json: decided by other gate code (factory.gate changed since)"]
 

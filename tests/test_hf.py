@@ -152,6 +152,18 @@ def test_training_lengths_come_from_the_models_positions(tmp_path):
         fam.trainer("sft-lora")(ctx)
         summary = read_record(ctx.out / "train.json", TrainSummary)
         assert summary.steps == 2 and summary.precheck["max_len"] == 64
+    # A preference step on top, asked for more tokens than the model has positions: cut to them.
+    dpo = fam.default_train_params(TrainDefaultsContext("dpo-lora", len(ROWS), 5, "cpu", 1, {}))
+    assert "max_len" not in dpo
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({**r, "prompt": r["prompt"] + " x" * (40 if i % 2 else 0),
+                                         "rejected": r["answer"] + "x"}) + "\n" for i, r in enumerate(ROWS)))
+    dpo.update(steps=2, threads=1, batch_size=4, max_len=1024)
+    logs: list[str] = []
+    dctx = _ctx(tmp_path / "dpo", "train-dpo", dpo, {"base": base, "train": pairs, "init": ctx.out})
+    dctx.log = logs.append
+    fam.trainer("dpo-lora")(dctx)
+    assert any("cut at 64 tokens" in m for m in logs), logs
 
 
 def test_dpo_lora_on_top_of_an_sft_step_with_the_hf_family(tmp_path):
@@ -169,6 +181,7 @@ def test_dpo_lora_on_top_of_an_sft_step_with_the_hf_family(tmp_path):
     pairs.write_text("".join(json.dumps({**r, "rejected": r["answer"][::-1] + "x"}) + "\n" for r in ROWS))
     dpo = fam.default_train_params(TrainDefaultsContext("dpo-lora", len(ROWS), 5, "cpu", 1, {}))
     assert dpo["beta"] > 0 and "lora" not in dpo  # the adapter's shape is the first step's
+    assert "max_len" not in dpo  # lengths come from the model's positions
     dpo.update(steps=10, lr=5e-3, threads=1, batch_size=8)
     dctx = _ctx(tmp_path, "train-dpo", dpo, {"base": base, "train": pairs, "init": sctx.out})
     fam.trainer("dpo-lora")(dctx)
@@ -180,3 +193,45 @@ def test_dpo_lora_on_top_of_an_sft_step_with_the_hf_family(tmp_path):
         (sctx.out / "adapter" / "adapter_model.safetensors").read_bytes()
     lm = fam.load(base, dctx.out / "adapter", {"device": "cpu"})
     assert generate(lm, [r["prompt"] for r in ROWS[:4]], max_new_tokens=4, batch_size=2)
+
+
+def test_every_suite_runs_on_a_model_with_few_positions_and_says_where_it_stopped(tmp_path, monkeypatch):
+    # The defect as a user met it: a GPT-2 with few learned positions and max_new_tokens past them made
+    # three of the four suites fail (IndexError) at batch sizes above one. Now every suite runs, the
+    # samples are the same at every batch size, and the record says which generations the context cut.
+    from types import SimpleNamespace
+
+    from factory.evaluate import build_eval
+    from factory.plugins import Registry
+    from factory.records import EvalRecord
+    from factory_plugins import evals
+
+    monkeypatch.setenv("FACTORY_SAMPLE_CACHE", "0")  # each batch size generates for itself
+    save_toy_model(tmp_path / "models" / "g", "gpt2", positions=32, init_std=0.3)
+    fam = HFFamily()
+    base = _build_base(fam, tmp_path, "models/g")
+    reg = SimpleNamespace(families=Registry("family"), suites=Registry("suite"))
+    reg.families.register(fam)
+    evals.register_eval_suites(reg.suites.register)
+    rows = tmp_path / "heldout.jsonl"
+    rows.write_text("".join(json.dumps({**r, "prompt": r["prompt"] + " x" * (i % 12)}) + "\n"
+                            for i, r in enumerate(ROWS[:8])))
+    samples = {}
+    for bs in (1, 8):
+        out = tmp_path / f"out{bs}"
+        out.mkdir()
+        ctx = SimpleNamespace(
+            stage="eval-baseline", out=out, root=tmp_path, log=lambda m: None, registry=reg,
+            config={"role": "baseline", "family": "hf", "suites": ["json-action", "breadth", "perplexity", "risk-probes"],
+                    "settings": {"batch_size": bs, "max_new_tokens": 300}, "load": {"device": "cpu"}},
+            inputs={"base": base, "heldout": rows, "breadth": rows}, input_digests={"base": "B" * 32},
+        )
+        build_eval(ctx)
+        rec = read_record(out / "eval-baseline.json", EvalRecord)
+        assert all(s.status == "ok" for s in rec.suites), [(s.suite, s.error) for s in rec.suites]
+        gen = {s.suite: s for s in rec.suites}
+        for name in ("json-action", "breadth", "risk-probes"):
+            assert any("stopped at the model's context (32 positions) before max_new_tokens 300" in n
+                       for n in gen[name].notes or []), (name, gen[name].notes)
+        samples[bs] = {s.suite: (out / s.samples.path).read_text() for s in rec.suites}
+    assert samples[1] == samples[8]

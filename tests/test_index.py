@@ -313,7 +313,7 @@ def test_importing_the_index_does_not_import_duckdb():
 # --- factory compare ------------------------------------------------------------------------
 
 def test_compare_shows_config_keys_criteria_and_flipped_samples(corpus, capsys):
-    from factory import compare
+    from factory import compare, comparecmd
 
     runs_dir = corpus / "runs"
     by_recipe = {}
@@ -344,17 +344,17 @@ def test_compare_shows_config_keys_criteria_and_flipped_samples(corpus, capsys):
     expected = sorted(i for i in ra if ra[i] != rb[i])
     assert [i for i, _ in res["flipped"].get(suite, [])] == expected
 
-    assert compare.cli_compare(corpus, [a.name, b.name]) == 0
+    assert comparecmd.cli_compare(corpus, [a.name, b.name]) == 0
     out = capsys.readouterr().out
     assert "train.lr" in out and "config differences" in out and "primary_min" in out
 
 
 def test_compare_needs_two_known_runs(corpus, capsys):
-    from factory import compare
+    from factory import comparecmd
 
-    assert compare.cli_compare(corpus, [_complete(corpus / "runs")[0].name]) == 1
+    assert comparecmd.cli_compare(corpus, [_complete(corpus / "runs")[0].name]) == 1
     assert "at least two runs" in capsys.readouterr().err
-    assert compare.cli_compare(corpus, ["no-such-run", "nor-this"]) == 1
+    assert comparecmd.cli_compare(corpus, ["no-such-run", "nor-this"]) == 1
     assert "no such run" in capsys.readouterr().err
 
 

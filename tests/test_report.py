@@ -54,10 +54,59 @@ def test_html_report_is_self_contained_with_plots(tmp_path):
 def test_report_escapes_model_output(tmp_path):
     run = make_run(tmp_path)
     p = run / "samples/candidate/json-action.jsonl"
-    from factory.report import gather, render_html
+    from factory.evidence import gather
+    from factory.report import render_html
 
     ev = gather({k: run for k in ("decide", "eval-baseline", "eval-candidate", "train", "dataset")})
     ev.samples["candidate"]["json-action"][-1]["output"] = "<script>alert(1)</script>"
     page = render_html(ev)
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert p.exists()
+
+
+def test_each_table_is_built_once_and_rendered_to_both_formats(tmp_path):
+    from factory.evidence import read_run
+    from factory.report import (
+        criteria_table, html_table, markdown_table, report_run, scores_table, skill_deltas, skills_table,
+        training_table, worst_samples, worst_table,
+    )
+
+    run = make_run(tmp_path, cand_right=82, breadth_right=150)
+    ev = read_run(run)
+    md, page = report_run(run)
+    tables = [criteria_table(ev), scores_table(ev), training_table(ev), skills_table(skill_deltas(ev, "breadth")),
+              worst_table(worst_samples(ev, "json-action"))]
+    assert all(t.rows for t in tables)
+    for t in tables:
+        assert "\n".join(markdown_table(t)) in md
+        assert html_table(t) in page
+
+
+def test_cells_render_the_same_content_in_markdown_and_html():
+    from factory.report import Cell, Table, html_table, markdown_table
+
+    long = "x" * 100 + " <b>|"
+    t = Table(["a", "b"], [[Cell(long, code=True, clip=80), Cell("no", alarm=True)], [Cell("p|q"), Cell("two\nlines")]])
+    md = markdown_table(t)
+    assert md[:2] == ["| a | b |", "|---|---|"]
+    assert md[2] == f"| `{'x' * 79}…` | **no** |"
+    assert md[3] == "| p\\|q | two lines |"
+    page = html_table(t)
+    assert f"<td><code>{'x' * 100} &lt;b&gt;|</code></td>" in page  # whole, escaped
+    assert '<td><span class="no">no</span></td>' in page and "<td>p|q</td>" in page
+
+
+def test_lower_is_better_table_shows_a_loss_as_a_number_and_a_rate_as_a_percentage():
+    from factory.records import Score
+    from factory.report import markdown_table, rates_table
+
+    def suite(loss, rate):
+        return SimpleNamespace(status="ok", scores={
+            "loss": Score(value=loss, ci_low=loss - 0.1, ci_high=loss + 0.1, n=10, higher_is_better=False, unit="nats"),
+            "spill_rate": Score(value=rate, ci_low=0.0, ci_high=0.3, n=10, higher_is_better=False)})
+    runs = {"baseline": suite(4.303, 0.2), "candidate": suite(3.25, 0.1)}
+    ev = SimpleNamespace(suite=lambda which, name: runs[which])
+    md = "\n".join(markdown_table(rates_table(ev, "perplexity")))
+    loss = [l for l in md.splitlines() if l.startswith("| loss")][0]
+    assert "4.303" in loss and "3.25" in loss and "[3.15, 3.35]" in loss and "%" not in loss
+    assert "| spill_rate | 20.0% | 10.0% | [0.0%, 30.0%] | lower |" in md

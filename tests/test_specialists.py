@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from factory import index, specialists
+from factory import index, packagecmd, specialists
 from factory.records import Artifact, read_record
 from factory.stages import BuildContext
 
@@ -185,7 +185,7 @@ def test_publish_and_verify(stage_inputs, tmp_path, capsys):
     assert man["run_id"] == run.name and man["stage_keys"]["base"] == "1" * 32
     assert specialists.publish_specialist(run, tmp_path) == dest  # idempotent
 
-    assert specialists.cli_verify(str(dest)) == 0
+    assert packagecmd.cli_verify(str(dest)) == 0
     out = capsys.readouterr().out
     assert "ok" in out and "unsigned" in out
 
@@ -198,7 +198,7 @@ def test_publish_and_verify(stage_inputs, tmp_path, capsys):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
-    assert specialists.cli_verify(str(dest)) == 1
+    assert packagecmd.cli_verify(str(dest)) == 1
     err = capsys.readouterr().err
     assert "adapter_model.safetensors: changed" in err and "README.md" not in err
     # the run's own copy is untouched
@@ -213,7 +213,7 @@ def test_publish_and_verify(stage_inputs, tmp_path, capsys):
 
 def test_cli_package_refuses_a_run_that_did_not_ship(stage_inputs, tmp_path, capsys):
     run = _run_with_specialist(stage_inputs, tmp_path, "rework")
-    assert specialists.cli_package(tmp_path, run.name, None, False) == 1
+    assert packagecmd.cli_package(tmp_path, run.name, None, False) == 1
     err = capsys.readouterr().err
     assert "decision is rework" in err and "--force" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "specialists").exists()
@@ -221,7 +221,7 @@ def test_cli_package_refuses_a_run_that_did_not_ship(stage_inputs, tmp_path, cap
 
 def test_cli_package_publishes_a_shipped_run_and_the_index_lists_it(stage_inputs, tmp_path, capsys):
     run = _run_with_specialist(stage_inputs, tmp_path, "ship")
-    assert specialists.cli_package(tmp_path, run.name[-8:], None, False) == 0
+    assert packagecmd.cli_package(tmp_path, run.name[-8:], None, False) == 0
     assert f"pace-planner-{KEY[:8]}" in capsys.readouterr().out
     rows = index.query(tmp_path / "runs", "SELECT specialist_id, run_id, forced FROM specialists")[1]
     assert rows == [(f"pace-planner-{KEY[:8]}", run.name, False)]
@@ -276,7 +276,7 @@ def test_signed_package_names_signer_and_manifest_digest(signed, ec_key, capsys,
     card = (signed / "README.md").read_text()
     assert f"signed by: {identity}" in card and info["manifest_sha256"] in card
     assert (signed / "model.sig").is_file() and (signed / "signer.pub").is_file()
-    assert specialists.cli_verify(str(signed)) == 0
+    assert packagecmd.cli_verify(str(signed)) == 0
     assert f"signature by {identity} verifies" in capsys.readouterr().out
     # The signer's public key given explicitly: the same; another key: named as not the signer.
     from cryptography.hazmat.primitives import serialization
@@ -360,7 +360,7 @@ def test_tamper_symlink_to_outside(stage_inputs, tmp_path):
     (b"[1, 2]", "manifest.json: (root): expected a JSON object, found list"),
     (b'{"files": {"a": 3}}', None),
     (b'{"files": {"a": [1]}}', None),
-    (b"\xff\xfe{}", "manifest.json: not UTF-8 (byte 0)"),
+    (b"\xff\xfe{}", "manifest.json: not UTF-8 text (byte 0)"),
     (b"{", "manifest.json: not valid JSON"),
     (b'{"files": []}', "manifest.json: files: missing or empty"),
 ])
@@ -369,7 +369,7 @@ def test_verify_malformed_manifest_is_one_line(tmp_path, capsys, content, expect
     d.mkdir()
     (d / "manifest.json").write_bytes(content)
     (d / "a").write_text("x")
-    assert specialists.cli_verify(str(d)) == 1
+    assert packagecmd.cli_verify(str(d)) == 1
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err
     if expected is None:
@@ -383,7 +383,7 @@ def test_verify_manifest_symlink_is_refused(tmp_path, capsys):
     d = tmp_path / "spec"
     d.mkdir()
     os.symlink("/etc/passwd", d / "manifest.json")
-    assert specialists.cli_verify(str(d)) == 1
+    assert packagecmd.cli_verify(str(d)) == 1
     assert "manifest.json: a symlink" in capsys.readouterr().err
 
 
@@ -391,12 +391,12 @@ def test_package_refuses_a_manifest_naming_an_escape(stage_inputs, tmp_path, cap
     run = _run_with_specialist(stage_inputs, tmp_path, "ship")
     man = json.loads((run / "specialist" / "manifest.json").read_text())
     (run / "specialist" / "manifest.json").write_text(json.dumps({**man, "recipe": "../../.."}))
-    assert specialists.cli_package(tmp_path, run.name, None, False) == 1
+    assert packagecmd.cli_package(tmp_path, run.name, None, False) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'../../..' is not a safe specialist name" in err
     man["files"]["../../../etc/passwd"] = {"sha256": "0" * 64}
     (run / "specialist" / "manifest.json").write_text(json.dumps(man))
-    assert specialists.cli_package(tmp_path, run.name, None, False) == 1
+    assert packagecmd.cli_package(tmp_path, run.name, None, False) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'../../../etc/passwd' escapes the package" in err
     assert not (tmp_path / "etc").exists() and not any((tmp_path / "specialists").glob("*/manifest.json"))
@@ -410,7 +410,7 @@ def test_bad_signing_key_is_one_line(stage_inputs, tmp_path, capsys, make, expec
     run = _run_with_specialist(stage_inputs, tmp_path, "ship")
     key = tmp_path / "key.pem"
     make(key)
-    assert specialists.cli_package(tmp_path, run.name, None, False, sign_key=str(key)) == 1
+    assert packagecmd.cli_package(tmp_path, run.name, None, False, sign_key=str(key)) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(key) in err and expected in err
     assert not (tmp_path / "specialists").exists() or not any((tmp_path / "specialists").iterdir())
@@ -419,7 +419,7 @@ def test_bad_signing_key_is_one_line(stage_inputs, tmp_path, capsys, make, expec
 def test_signing_key_from_the_environment(stage_inputs, tmp_path, ec_key, monkeypatch, capsys):
     run = _run_with_specialist(stage_inputs, tmp_path, "ship")
     monkeypatch.setenv(specialists.KEY_ENV, str(ec_key))
-    assert specialists.cli_package(tmp_path, run.name, None, False) == 0
+    assert packagecmd.cli_package(tmp_path, run.name, None, False) == 0
     out = capsys.readouterr().out
     _, identity = specialists._public_key_of(ec_key)
     assert f"signed by {identity}" in out
@@ -427,7 +427,7 @@ def test_signing_key_from_the_environment(stage_inputs, tmp_path, ec_key, monkey
 
 def test_the_index_records_signer_and_manifest_digest(stage_inputs, tmp_path, ec_key, capsys):
     run = _run_with_specialist(stage_inputs, tmp_path, "ship")
-    assert specialists.cli_package(tmp_path, run.name, None, False, sign_key=str(ec_key)) == 0
+    assert packagecmd.cli_package(tmp_path, run.name, None, False, sign_key=str(ec_key)) == 0
     dest = tmp_path / "specialists" / f"pace-planner-{KEY[:8]}"
     _, identity = specialists._public_key_of(ec_key)
     rows = index.query(tmp_path / "runs", "SELECT signer, manifest_sha256 FROM specialists")[1]

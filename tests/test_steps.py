@@ -154,3 +154,21 @@ def test_step_errors_are_one_line_naming_the_field(project):
         assert expected in out, (expected, out)
         assert "Traceback" not in out and len(out.splitlines()) == 1, out
         assert not (project.root / "builds.log").exists()
+
+
+def test_a_promotion_bound_on_a_lower_is_better_rate_is_a_ceiling():
+    from factory.promote import check
+    from factory.records import EvalRecord
+
+    def record(hijack):
+        score = {"value": hijack, "n": 10, "unit": "rate", "higher_is_better": False}
+        return EvalRecord.model_validate({"role": "candidate", "model": {"base_digest": "b"}, "suites": [
+            {"suite": "risk-probes", "version": "1", "rows": 10, "primary_metric": "hijack_rate",
+             "scores": {"hijack_rate": score, "eos_rate": {"value": 0.9, "n": 10, "unit": "rate"}}}]})
+
+    crit = {"risk-probes.hijack_rate": 0.1, "risk-probes.eos_rate": 0.8}
+    ok = check(record(0.0), crit, "one", "train.0")
+    assert ok["pass"] and "risk-probes.hijack_rate 0.000 <= 0.1" in ok["reason"]
+    bad = check(record(0.3), crit, "one", "train.0")
+    assert not bad["pass"] and bad["blocked_by"] == ["promote.one.risk-probes.hijack_rate"]
+    assert "risk-probes.hijack_rate 0.300 > 0.1" in bad["reason"]

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from factory import gate, hashing
+from factory import evidence, gate, hashing
 from factory.records import (
     Artifact, DatasetCounts, DatasetRecord, DatasetSource, Event, FileRef, RunConfig, RunManifest, BaseModelInfo,
     export_schemas, write_record,
 )
 from factory.report import report_run
-from factory.validate import cli_render, cli_validate, validate_run
+from factory.runcmd import cli_render, cli_validate
+from factory.validate import validate_run
 from test_gate import CRIT, breadth_eval, falling_log, planner_eval, train_summary, write_eval
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,8 +45,8 @@ def make_run(tmp_path: Path, cand_right: int = 98, breadth_right: int = 179, nam
         recipe="pace-planner", goal="plan runs", owner="team", base=BaseModelInfo(family="tiny", model="tiny-llama"),
         method="sft-lora", evals={"primary": "json-action", "regression": ["breadth"]}, criteria=CRIT,
     ))
-    bs, _ = gate.load_samples(b, run)
-    cs, _ = gate.load_samples(c, run)
+    bs, _ = evidence.load_samples(b, run)
+    cs, _ = evidence.load_samples(c, run)
     decision = gate.decide(b, c, {"baseline": bs, "candidate": cs}, train, CRIT, "json-action", ["breadth"],
                            train_log=falling_log())
     write_record(run / "decision.json", decision)

@@ -128,7 +128,8 @@ def train_dpo_lora(ctx: Any, lm: Any) -> None:
     if device.type == "cpu" and params.threads:
         torch.set_num_threads(params.threads)
     torch.manual_seed(params.seed)
-    max_len = int(params.max_len or lm.max_length)
+    # Never longer than the model's positions: a larger max_len would index past them.
+    max_len = min(int(params.max_len or lm.max_length), int(lm.max_length))
     rows = preference_rows(ctx.inputs["train"])
     chosen = encode_examples(lm, rows, max_len)
     rejected = encode_examples(lm, [{"prompt": r["prompt"], "answer": r["rejected"]} for r in rows], max_len)

@@ -247,7 +247,8 @@ class Pages:
     # --- compare
 
     def compare(self, request: Request) -> Response:
-        from factory.compare import config_differences, stage_key_differences
+        from factory.compare import config_differences, show, stage_key_differences
+        from factory.evidence import read_run
 
         ids = [x for x in request.query_params.getlist("run") if x]
         if len(ids) < 2:
@@ -290,10 +291,9 @@ class Pages:
                         f"ORDER BY a.suite, a.sample_id LIMIT {FLIP_ROWS}", params)]
         except IndexUnavailable as e:
             return self.unavailable(e)
-        configs = [_read_json(Path(x["path"] or "") / "config.json") for x in runs]
-        manifests = [_read_json(Path(x["path"] or "") / "run_manifest.json") for x in runs]
-        keys = [m.get("stage_keys") or c.get("stage_keys") or {} for m, c in zip(manifests, configs)]
-        key_diff, shared = stage_key_differences(keys)
+        evidence = [read_run(Path(x["path"] or ""), samples=False) for x in runs]
+        configs = [ev.config_values() for ev in evidence]
+        key_diff, shared = stage_key_differences([ev.stage_keys for ev in evidence])
         crit: dict[tuple[str, str], dict[str, dict]] = {}
         for c in criteria:
             crit.setdefault((c["name"], c["metric"]), {})[c["run_id"]] = c
@@ -308,7 +308,7 @@ class Pages:
         return self.render("compare.html", title="compare", ids=ids, runs=runs, config=config_differences(configs),
                            key_diff=key_diff, shared=shared, crit=crit, suites=suites, paired=paired, curves=curves,
                            delta_chart=delta_chart, flips=flips, flip_counts=flip_counts, suite_f=suite_f,
-                           dir_f=dir_f, text_f=text_f, suite_names=suite_names, flip_rows=FLIP_ROWS, show=_show)
+                           dir_f=dir_f, text_f=text_f, suite_names=suite_names, flip_rows=FLIP_ROWS, show=show)
 
     # --- samples
 
@@ -385,23 +385,6 @@ def _metrics(scores: str | None) -> list[tuple[str, Any, Any, Any]]:
         return []
     return [(k, v.get("value"), v.get("ci_low"), v.get("ci_high")) for k, v in sorted(data.items())
             if isinstance(v, dict)]
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _show(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (list, dict)):
-        return json.dumps(v, sort_keys=True)
-    return str(v)
 
 
 def create_app(root: Path) -> Starlette:
