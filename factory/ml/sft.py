@@ -11,7 +11,9 @@ Read top to bottom, one training run is:
    renderings show which tokens carry loss; the counts go to train.log and
    train.json, and a failure stops the stage with one clear line;
 4. the loop: a stateless batch schedule (step -> rows) mixes in `replay` of
-   breadth rows, AdamW with warm-up and cosine decay, gradient clipping; a rich
+   breadth rows, AdamW with warm-up and cosine decay, gradient clipping; each
+   forward pass pads its rows to the longest, or with `packing` puts several
+   rows into one (`factory.ml.packing`: the same losses, no padding); a rich
    progress bar; one train.log line per step;
 5. checkpoints in `ctx.work`: the adapter (`last`, and `best` by held-out
    loss), optimizer and scheduler state, RNG state, all as safetensors + JSON.
@@ -74,6 +76,11 @@ class SFTParams(BaseModel):
     lr: float = Field(2e-4, gt=0, description="peak learning rate (AdamW)")
     batch_size: int = Field(16, ge=1, description="rows per optimizer step, over all processes")
     micro_batch_size: int | None = Field(None, ge=1, description="rows per forward pass (gradient accumulation); default: the whole batch")
+    packing: bool = Field(
+        False, description="pack a forward pass's rows into rows of pack_width tokens with a block-diagonal mask "
+        "instead of padding each to the longest (models that take a 4D mask and position ids, such as Llama); "
+        "the same losses on fewer positions")
+    pack_width: int = Field(128, ge=8, description="tokens per packed row (a longer example gets a row of its own)")
     max_len: int | None = Field(None, ge=8, description="longest example in tokens; default: the model's context")
     replay: float = Field(0.0, ge=0, le=1, description="fraction of each batch drawn from breadth rows")
     seed: int = Field(0, description="seed of adapter init, data order and dropout")
@@ -220,6 +227,21 @@ def token_nll_sum(model: Any, ids: Any, mask: Any, labels: Any):
     picked = logits[:, :-1][keep]
     del logits  # the full logits are not needed for the backward pass of the selection
     return torch.nn.functional.cross_entropy(picked.float(), target[keep], reduction="sum")
+
+
+def packed_nll_sum(model: Any, exs: list[Example], pad_id: int, width: int, device: Any):
+    """`token_nll_sum` over the same examples packed several to a row (factory.ml.packing)."""
+    import torch
+
+    from factory.ml.packing import collate_packed
+
+    b = collate_packed(exs, pad_id, width)
+    logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device),
+                   position_ids=b["position_ids"].to(device)).logits
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), b["labels"][:, 1:].flatten().to(device), ignore_index=-100,
+        reduction="sum",
+    )
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -629,11 +651,13 @@ def _train(ctx: Any, lm: Any, params: SFTParams) -> None:
             chunks = [mine[i : i + mb] for i in range(0, len(mine), mb)]
             local_sum = torch.zeros((), device=device)
             for ci, chunk in enumerate(chunks):
-                ids, mask, labels = collate(chunk, int(lm.pad_token_id), device)
                 sync = ci == len(chunks) - 1 or world == 1
                 ctxm = train_model.no_sync() if (world > 1 and not sync) else _null()
                 with ctxm, autocast():
-                    nll = token_nll_sum(train_model, ids, mask, labels)
+                    if params.packing:
+                        nll = packed_nll_sum(train_model, chunk, int(lm.pad_token_id), params.pack_width, device)
+                    else:
+                        nll = token_nll_sum(train_model, *collate(chunk, int(lm.pad_token_id), device))
                     # DDP averages gradients over processes; scale so the result is the mean over all tokens.
                     (nll * world / max(1, global_loss_tokens)).backward()
                 local_sum += nll.detach()

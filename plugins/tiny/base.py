@@ -24,6 +24,18 @@ def format_prompt(prompt: str) -> str:
     return TEMPLATE.format(prompt=prompt)
 
 
+# Pretraining schedules. classic: 2,600 steps of 64 rows at 3e-3, 2-2.5 minutes of pretraining on
+# two cores with bf16 products; 80-81% held-out breadth, 97% on the planner after LoRA; the copy
+# skills learn late (loss 0.8 at step 750, 0.3 at 1,250, 0.03 at 2,500). fast: the same rows a step
+# and peak for 1,600 steps: 72% held-out breadth (copy 82.5%), planner 0.954 after LoRA, in about a
+# third of the pretraining time; 1,400 steps reached 66% (copy 75%), 1,200 steps at a 5e-3 peak 40%
+# (copy 10%, planner 0.835). See docs/benchmarks.md.
+PROFILES: dict[str, dict[str, Any]] = {
+    "fast": {"steps": 1600, "batch_size": 64, "lr": 3e-3, "warmup_steps": 50},
+    "classic": {"steps": 2600, "batch_size": 64, "lr": 3e-3, "warmup_steps": 50},
+}
+
+
 class TinyBaseOptions(BaseModel):
     """Architecture and pretraining settings of a tiny base (recipe: base.options)."""
 
@@ -37,15 +49,16 @@ class TinyBaseOptions(BaseModel):
     heads: int = Field(4, ge=1, description="attention heads")
     max_positions: int = Field(256, ge=16, description="longest sequence the model accepts, in tokens")
     # pretraining
-    # 2,600 steps of 64 rows: 2-2.5 minutes on two cores with bf16 products. Measured on the
-    # 14-skill corpus: 80-81% held-out breadth and 97% on the planner after LoRA. The copy skills
-    # learn late (loss 0.8 at step 750, 0.3 at 1,250, 0.03 at 2,500); one thread in fp32 makes
-    # 2-2.5x fewer rows a second (bench/bench_pretrain.py), and its 2,400 steps of 32 rows in the
-    # same time reached 48%.
-    steps: int = Field(2600, ge=1, description="optimizer steps of pretraining")
-    batch_size: int = Field(64, ge=1, description="rows per step")
-    lr: float = Field(3e-3, gt=0, description="peak learning rate (AdamW)")
-    warmup_steps: int = Field(50, ge=0, description="linear warm-up steps before the cosine decay")
+    profile: Literal["fast", "classic"] = Field(
+        "fast",
+        description="pretraining schedule the unset steps, batch_size, lr and warmup_steps come from: fast "
+        f"({PROFILES['fast']}) or classic, the schedule before it ({PROFILES['classic']})",
+    )
+    steps: int | None = Field(None, ge=1, description="optimizer steps of pretraining; default: the profile's")
+    batch_size: int | None = Field(None, ge=1, description="rows per step; default: the profile's")
+    lr: float | None = Field(None, gt=0, description="peak learning rate (AdamW); default: the profile's")
+    warmup_steps: int | None = Field(
+        None, ge=0, description="linear warm-up steps before the cosine decay; default: the profile's")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final learning rate as a fraction of the peak")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     seed: int = Field(0, description="seed of initialisation and data order")
@@ -83,6 +96,9 @@ def parse_base_options(options: dict[str, Any] | None) -> TinyBaseOptions:
         raise FactoryError(options.one_line(e, TinyBaseOptions, "base.options")) from None
     except ValueError as e:
         raise FactoryError(f"base.options: {e}") from None
+    for name, value in PROFILES[opts.profile].items():  # resolved here, so the base's key names the schedule
+        if getattr(opts, name) is None:
+            setattr(opts, name, value)
     if opts.precision == "auto":  # resolved once, here, so the base's key names the arithmetic that built it
         opts.precision = "bf16" if native_bf16() else "fp32"
     return opts
