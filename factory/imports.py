@@ -462,7 +462,7 @@ def _find(runs: Path, key: str) -> Path | None:
 
 def _remove_litter(runs: Path) -> None:
     """Remove what an import killed part-way left: its hidden temporary run directory."""
-    from factory.index import _pid_alive as _alive
+    from factory.runs import pid_alive as _alive
 
     if not runs.is_dir():
         return
