@@ -56,9 +56,15 @@ def cmd_pin(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from factory.reproduce import cli_reproduce
+    from factory.reproduce import reproduce
+    from factory.runs import resolve_run
 
-    return cli_reproduce(_root(), args.run, keep=args.keep)
+    run_dir = resolve_run(_root(), args.run)
+    print(f"reproducing {run_dir.name} in a clean store")
+    rows = reproduce(_root(), run_dir, keep=args.keep, log=print)
+    same = sum(r["verdict"].startswith("identical") for r in rows)
+    print(f"{same} of {len(rows)} stages identical")
+    return 0 if same == len(rows) else 1
 
 
 def cmd_check(args) -> int:

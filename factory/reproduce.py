@@ -20,7 +20,7 @@ from typing import Any
 from factory.errors import FactoryError
 
 
-def reproduce(root: Path, run_dir: Path, keep: bool = False, log=print) -> list[dict[str, Any]]:
+def reproduce(root: Path, run_dir: Path, keep: bool = False, log=lambda message: None) -> list[dict[str, Any]]:
     """Rows of (stage, recorded key/digest, rebuilt key/digest, verdict) for every stage of the run."""
     recipe_file = run_dir / "recipe.yaml"
     if not recipe_file.is_file():
@@ -78,14 +78,3 @@ def reproduce(root: Path, run_dir: Path, keep: bool = False, log=print) -> list[
             from factory.store import _force_rmtree
 
             _force_rmtree(tmp)
-
-
-def cli_reproduce(root: Path, ref: str, keep: bool = False) -> int:
-    from factory.runs import resolve_run
-
-    run_dir = resolve_run(root, ref)
-    print(f"reproducing {run_dir.name} in a clean store")
-    rows = reproduce(root, run_dir, keep=keep)
-    same = sum(r["verdict"].startswith("identical") for r in rows)
-    print(f"{same} of {len(rows)} stages identical")
-    return 0 if same == len(rows) else 1
