@@ -427,14 +427,11 @@ def _materialize(store: Any, key: str, root: Path, target: Target, adapter_diges
 
 
 def _refresh_index(root: Path, run: Path) -> None:
-    try:
-        from factory.index import refresh
+    from factory.index import refresh_written
 
-        refresh(root / "runs", only=[run.name])
-    except FactoryError:
-        raise
-    except Exception as e:  # the index is rebuilt from runs/ by any later refresh
-        print(f"factory eval: the index was not refreshed ({type(e).__name__}: {e}); run `factory runs` to retry")
+    note = refresh_written(root / "runs", [run.name])
+    if note:
+        print(f"factory eval: {note}")
 
 
 def cli_eval(root: Path, args: Any) -> int:

@@ -588,17 +588,11 @@ def import_results(root: Path, tool: str, path: str, model: str | None = None) -
 
 
 def _refresh_index(root: Path, names: list[str]) -> None:
-    try:
-        from factory.index import refresh
+    from factory.index import refresh_written
 
-        res = refresh(root / "runs", only=names)
-        if res.get("queued"):
-            print(f"factory import: {res['message']}", file=sys.stderr)
-    except FactoryError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the index is rebuilt from runs/ by any later refresh
-        print(f"factory import: the index was not refreshed ({type(e).__name__}: {e}); "
-              "`factory runs` retries", file=sys.stderr)
+    note = refresh_written(root / "runs", names)
+    if note:
+        print(f"factory import: {note}", file=sys.stderr)
 
 
 def cli_import(root: Path, tool: str, path: str, model: str | None = None) -> int:

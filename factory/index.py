@@ -747,6 +747,19 @@ def refresh(runs_dir: Path, deep: bool = False, wait_s: float = 1.0, only: list[
     return out
 
 
+
+def refresh_written(runs_dir: Path, names: list[str]) -> str | None:
+    """Refresh for run directories a command has just written; None when they are in the index, else
+    the one-line reason they are not yet (a later read takes them in: the index is derived). A
+    FactoryError, which names bad input, is raised."""
+    try:
+        res = refresh(Path(runs_dir), only=names)
+    except FactoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the index is rebuilt from runs/ by any later refresh
+        return f"the index was not refreshed ({type(e).__name__}: {e}); `factory runs` retries"
+    return res["message"] if res.get("queued") else None
+
 def _refresh_once(runs_dir: Path, deep: bool, wait_s: float, only: list[str] | None) -> dict[str, Any]:
     import duckdb
 
