@@ -25,6 +25,10 @@ from factory.recipe import DataSpec, Recipe
 from factory.stages import numerics_versions, Input, Stage, code_identity, stage_key
 from factory.store import Store
 
+# Training settings a step's own fields (and base.family) decide: the train config takes them from
+# there, after the method's options, so the same key under train.options would be ignored.
+STEP_FIELDS = ("method", "seed", "processes", "device", "precision", "family")
+
 
 class NotBuilt(Exception):
     """An upstream stage is not in the store yet, so this key cannot be known."""
@@ -337,6 +341,9 @@ class Plan:
         """Plan-time checks of one training step: device, and the method's own options."""
         if step.device == "cuda" and not cuda_available():
             raise self._error(f"{field}.device", "cuda asked for, but this machine has no CUDA device")
+        for key in sorted(set(step.options) & set(STEP_FIELDS)):  # _train_config sets these last
+            where = "base.family" if key == "family" else f"{field}.{key}"
+            raise self._error(f"{field}.options.{key}", f"is set by {where}, not in options (it would be ignored)")
         model_of = getattr(self.family, "train_options", None)
         model = model_of(step.method) if model_of is not None else None
         if model is None:

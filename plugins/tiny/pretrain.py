@@ -248,7 +248,7 @@ def build(breadth_dir: Path, out: Path, options: dict[str, Any], model_id: str =
     import torch
 
     from factory.interfaces import LoadedModel
-    from factory.ml.text import encode_example
+    from factory.ml.text import encode_examples
 
     opts = parse_base_options(options)
     breadth_dir, out = Path(breadth_dir), Path(out)
@@ -282,7 +282,7 @@ def build(breadth_dir: Path, out: Path, options: dict[str, Any], model_id: str =
         max_length=opts.max_positions,
         info={"family": "tiny", "template": TEMPLATE, "add_bos": False},
     )
-    examples = [encode_example(lm, r["prompt"], r["answer"], opts.max_positions) for r in train_rows]
+    examples = encode_examples(lm, train_rows, opts.max_positions)  # one tokenizer call per side
     cut = sum(e.truncated for e in examples)
     if cut:
         log(f"tiny base: {cut} breadth rows longer than {opts.max_positions} tokens were cut")
