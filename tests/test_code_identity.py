@@ -44,7 +44,10 @@ def edited(module: str, tmp_path: Path, change):
     src = Path(stages.module_file(module))
     copy = tmp_path / "edited" / module / src.name
     copy.parent.mkdir(parents=True, exist_ok=True)
-    copy.write_text(change(src.read_text()))
+    text = src.read_text()
+    new = change(text)
+    assert new != text, f"the edit of {module} matched nothing: the test would compare a module with itself"
+    copy.write_text(new)
     saved = stages._files[module]
     stages._files[module] = str(copy)
     try:
@@ -118,8 +121,8 @@ def test_the_familys_entry_points_decide_which_stages_it_is_in(regs, tmp_path):
         return text.replace("model.train(bool(settings.get(\"train\")))", "model.train(bool(settings.get(\"train\", False)))")
 
     def defaults(text):  # default_train_params reaches keys as config, not code
-        return text.replace("batch, passes = int(ctx.intent.get(\"batch_size\", 32)), 11.0",
-                            "batch, passes = int(ctx.intent.get(\"batch_size\", 32)), 11.0 + 0")
+        return text.replace("batch, passes = int(ctx.intent.get(\"batch_size\", 32)), PASSES",
+                            "batch, passes = int(ctx.intent.get(\"batch_size\", 32)), PASSES + 0")
 
     assert changed_by(regs, tmp_path, "factory_plugins.tiny.family", pretrain_call) == {"base"}
     assert changed_by(regs, tmp_path, "factory_plugins.tiny.family", loading) == {

@@ -238,10 +238,11 @@ def packed_nll_sum(model: Any, exs: list[Example], pad_id: int, width: int, devi
     b = collate_packed(exs, pad_id, width)
     logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device),
                    position_ids=b["position_ids"].to(device)).logits
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), b["labels"][:, 1:].flatten().to(device), ignore_index=-100,
-        reduction="sum",
-    )
+    target = b["labels"][:, 1:].to(device)
+    keep = target != -100
+    picked = logits[:, :-1][keep]  # as in token_nll_sum: only loss positions are upcast and scored
+    del logits
+    return torch.nn.functional.cross_entropy(picked.float(), target[keep], reduction="sum")
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
