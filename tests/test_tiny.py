@@ -124,18 +124,18 @@ def test_default_train_params_are_accepted_by_the_trainer():
 
     ctx = TrainDefaultsContext(method="sft-lora", train_rows=1858, heldout_rows=502, device="cpu", processes=1, intent={})
     params = TinyFamily().default_train_params(ctx)
-    # nine passes over the task rows, half of each 32-row batch being replay: 9 * 1858 / 16 = 1045
-    assert params["steps"] == 1050 and params["lr"] == 5e-3 and params["replay"] == 0.5
+    # 7.3 passes over the task rows, half of each 32-row batch being replay: 7.3 * 1858 / 16 = 848
+    assert params["steps"] == 850 and params["lr"] == 5e-3 and params["replay"] == 0.5
     assert params["packing"] is True and params["pack_width"] == 128
     assert params["precision"] in ("bf16", "fp32")
     parsed = parse_params(params)
     assert parsed.lora.r == 16 and parsed.lora.alpha == 32 and set(parsed.lora.target_modules) == set(LORA_TARGETS)
-    # the recipe's replay share sets how many steps make the same passes: 9 * 1858 / (32 * 0.65) = 804
+    # the recipe's replay share sets how many steps make the same passes: 7.3 * 1858 / (32 * 0.65) = 652
     flagship = TinyFamily().default_train_params(
         TrainDefaultsContext(method="sft-lora", train_rows=1858, heldout_rows=502, device="cpu", processes=1,
                              intent={"replay": 0.35})
     )
-    assert flagship["steps"] == 800 and flagship["replay"] == 0.35
+    assert flagship["steps"] == 650 and flagship["replay"] == 0.35
     big = TinyFamily().default_train_params(
         TrainDefaultsContext(method="sft-lora", train_rows=8000, heldout_rows=0, device="cpu", processes=1, intent={})
     )
