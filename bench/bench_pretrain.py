@@ -29,7 +29,9 @@ SETTINGS = [  # (threads, rows per step, precision)
 
 
 def timed(model, optim, examples, batch, pad_id, bf16, steps, warm=5):
-    """(median seconds a step after `warm` steps, seconds of the `warm` steps): collation included."""
+    """(median seconds a step after `warm` steps, seconds of the `warm` steps): collation included.
+
+    The first steps warm allocators and kernels up (and, under torch.compile, compile)."""
     from factory_plugins.tiny import pretrain as P
 
     order = P._batch_order(examples, batch, 0)
@@ -73,14 +75,7 @@ def main() -> None:
         model = LlamaForCausalLM._from_config(P.model_config(opts, tok), attn_implementation=ATTENTION)
         optim = P.make_optimizer(model, opts)
         model.train()
-        order = P._batch_order(examples, batch, 0)
-        times = []
-        for _ in range(args.steps + 5):
-            start = time.perf_counter()
-            P.train_step(model, optim, P.collate_packed([examples[i] for i in next(order)], tok.pad_token_id),
-                         precision == "bf16")
-            times.append(time.perf_counter() - start)
-        step = statistics.median(times[5:])  # the first steps warm allocators and kernels up
+        step, _ = timed(model, optim, examples, batch, tok.pad_token_id, precision == "bf16", args.steps)
         rate = batch / step
         base_rate = base_rate or rate
         print(f"{threads:>7} {batch:>5} {precision:>9} {step * 1000:>8.1f} {rate:>7.0f} {rate / base_rate:>5.2f}x")
@@ -106,7 +101,7 @@ def main() -> None:
         note = ""
         if name == "torch.compile":
             model.model = torch.compile(model.model, dynamic=True)
-            step, warm = timed(model, optim, examples, batch, tok.pad_token_id, bf16, args.steps, warm=5)
+            step, warm = timed(model, optim, examples, batch, tok.pad_token_id, bf16, args.steps)
             saved = default_step - step
             payback = f"pays back after {warm / saved:,.0f} steps" if saved > 0 else "never pays back"
             note = f"first 5 steps {warm:.1f} s (compiling); {payback}"

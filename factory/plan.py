@@ -341,7 +341,9 @@ class Plan:
         """Plan-time checks of one training step: device, and the method's own options."""
         if step.device == "cuda" and not cuda_available():
             raise self._error(f"{field}.device", "cuda asked for, but this machine has no CUDA device")
-        for key in sorted(set(step.options) & set(STEP_FIELDS)):  # _train_config sets these last
+        clash = sorted(set(step.options) & set(STEP_FIELDS))  # _train_config sets these last
+        if clash:
+            key = clash[0]
             where = "base.family" if key == "family" else f"{field}.{key}"
             raise self._error(f"{field}.options.{key}", f"is set by {where}, not in options (it would be ignored)")
         model_of = getattr(self.family, "train_options", None)
