@@ -64,7 +64,7 @@ def test_importing_the_plugin_does_not_import_torch():
 def test_resolve_base_fills_defaults_and_keys_on_options():
     fam = TinyFamily()
     cfg = fam.resolve_base({"model": "tiny-llama", "options": {}}, REPO)
-    assert cfg["options"]["hidden_size"] == 128 and cfg["options"]["layers"] == 2 and cfg["options"]["heads"] == 4
+    assert cfg["options"]["hidden_size"] == 128 and cfg["options"]["layers"] == 2 and cfg["options"]["heads"] == 8
     assert cfg["options"]["max_positions"] == 256 and cfg["options"]["vocab_size"] == 512
     assert cfg["template"] == TEMPLATE
     other = fam.resolve_base({"model": "tiny-llama", "options": {"steps": 10}}, REPO)
@@ -79,10 +79,16 @@ def test_profile_fills_the_unset_schedule_into_the_base_key():
     classic = fam.resolve_base({"model": "tiny-llama", "options": {"profile": "classic"}}, REPO)["options"]
     assert fast["profile"] == "fast" and {k: fast[k] for k in PROFILES["fast"]} == PROFILES["fast"]
     assert classic["steps"] == 2600 and classic["lr"] == 3e-3 and classic["batch_size"] == 64
+    assert fast["heads"] == 8 and classic["heads"] == 4  # the heads each schedule was measured with
     mixed = fam.resolve_base({"model": "tiny-llama", "options": {"profile": "classic", "steps": 99}}, REPO)["options"]
     assert mixed["steps"] == 99 and mixed["lr"] == 3e-3  # an explicit value wins over the profile's
     with pytest.raises(FactoryError, match="base.options.profile"):
         fam.resolve_base({"model": "tiny-llama", "options": {"profile": "turbo"}}, REPO)
+    # The width must split into the profile's heads too, not only into heads a recipe names.
+    with pytest.raises(FactoryError, match="hidden_size 36 is not divisible by heads 8"):
+        fam.resolve_base({"model": "tiny-llama", "options": {"hidden_size": 36}}, REPO)
+    assert fam.resolve_base({"model": "tiny-llama", "options": {"hidden_size": 36, "profile": "classic"}},
+                            REPO)["options"]["heads"] == 4
 
 
 def test_precision_is_resolved_into_the_base_key(monkeypatch):

@@ -54,11 +54,17 @@ def browser(tmp_path: Path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    binary, driver_path = chromium_path(), shutil.which("chromedriver")
+    if binary is None or driver_path is None:
+        import pytest
+
+        pytest.fail("the run browser's tests drive Debian's headless Chromium: install it with "
+                    "`apt-get install chromium chromium-driver` (.ci/run does)", pytrace=False)
     opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium_path()
+    opts.binary_location = binary
     for f in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
         opts.add_argument(f)
-    driver = webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver")))
+    driver = webdriver.Chrome(options=opts, service=Service(driver_path))
     driver.set_page_load_timeout(30)
     try:
         yield driver

@@ -24,15 +24,17 @@ def format_prompt(prompt: str) -> str:
     return TEMPLATE.format(prompt=prompt)
 
 
-# Pretraining schedules. classic: 2,600 steps of 64 rows at 3e-3, 2-2.5 minutes of pretraining on
-# two cores with bf16 products; 80-81% held-out breadth, 97% on the planner after LoRA; the copy
-# skills learn late (loss 0.8 at step 750, 0.3 at 1,250, 0.03 at 2,500). fast: the same rows a step
-# and peak for 1,600 steps: 72% held-out breadth (copy 82.5%), planner 0.954 after LoRA, in about a
-# third of the pretraining time; 1,400 steps reached 66% (copy 75%), 1,200 steps at a 5e-3 peak 40%
-# (copy 10%, planner 0.835). See docs/benchmarks.md.
+# Pretraining schedules (and the attention heads they were measured with). classic: 2,600 steps of
+# 64 rows at 3e-3 with 4 heads, 2-2.5 minutes of pretraining on two cores with bf16 products; 80-81%
+# held-out breadth, 97% on the planner after LoRA; the copy skills learn late (loss 0.8 at step 750,
+# 0.3 at 1,250, 0.03 at 2,500). fast: 8 heads of 16 dimensions over the same width, 1,000 steps:
+# 69.5% held-out breadth (copy 87.5%), planner 0.974-0.984 after LoRA over three training seeds, in
+# about 40% of the classic pretraining time. With 4 heads 1,600 steps reached 70.5% (copy 85%) and
+# 1,400 steps 66% (planner 0.948); with 8 heads 1,400 steps 79.2%, 800 steps 65%; 16 heads at 1,000
+# steps 62.3%. See docs/benchmarks.md.
 PROFILES: dict[str, dict[str, Any]] = {
-    "fast": {"steps": 1600, "batch_size": 64, "lr": 3e-3, "warmup_steps": 50},
-    "classic": {"steps": 2600, "batch_size": 64, "lr": 3e-3, "warmup_steps": 50},
+    "fast": {"steps": 1000, "batch_size": 64, "lr": 3e-3, "warmup_steps": 50, "heads": 8},
+    "classic": {"steps": 2600, "batch_size": 64, "lr": 3e-3, "warmup_steps": 50, "heads": 4},
 }
 
 
@@ -46,12 +48,12 @@ class TinyBaseOptions(BaseModel):
     hidden_size: int = Field(128, ge=8, description="model width")
     intermediate_size: int = Field(512, ge=8, description="MLP width")
     layers: int = Field(2, ge=1, description="decoder layers")
-    heads: int = Field(4, ge=1, description="attention heads")
+    heads: int | None = Field(None, ge=1, description="attention heads; default: the profile's")
     max_positions: int = Field(256, ge=16, description="longest sequence the model accepts, in tokens")
     # pretraining
     profile: Literal["fast", "classic"] = Field(
         "fast",
-        description="pretraining schedule the unset steps, batch_size, lr and warmup_steps come from: fast "
+        description="pretraining schedule the unset steps, batch_size, lr, warmup_steps and heads come from: fast "
         f"({PROFILES['fast']}) or classic, the schedule before it ({PROFILES['classic']})",
     )
     steps: int | None = Field(None, ge=1, description="optimizer steps of pretraining; default: the profile's")
@@ -73,7 +75,7 @@ class TinyBaseOptions(BaseModel):
     eval_rows: int = Field(400, ge=0, description="held-out breadth rows checked by greedy generation after pretraining")
 
     def check(self) -> None:
-        if self.hidden_size % self.heads:
+        if self.heads is not None and self.hidden_size % self.heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}")
 
 
@@ -89,6 +91,9 @@ def native_bf16() -> bool:
 def parse_base_options(options: dict[str, Any] | None) -> TinyBaseOptions:
     try:
         opts = TinyBaseOptions.model_validate(options or {})
+        for name, value in PROFILES[opts.profile].items():  # resolved here, so the base's key names the schedule
+            if getattr(opts, name) is None:
+                setattr(opts, name, value)
         opts.check()
     except ValidationError as e:
         from factory import options
@@ -96,11 +101,6 @@ def parse_base_options(options: dict[str, Any] | None) -> TinyBaseOptions:
         raise FactoryError(options.one_line(e, TinyBaseOptions, "base.options")) from None
     except ValueError as e:
         raise FactoryError(f"base.options: {e}") from None
-    for name, value in PROFILES[opts.profile].items():  # resolved here, so the base's key names the schedule
-        if getattr(opts, name) is None:
-            setattr(opts, name, value)
     if opts.precision == "auto":  # resolved once, here, so the base's key names the arithmetic that built it
         opts.precision = "bf16" if native_bf16() else "fp32"
     return opts
-
-
