@@ -127,6 +127,10 @@ def train_dpo_lora(ctx: Any, lm: Any) -> None:
     device = next(model.parameters()).device
     if device.type == "cpu" and params.threads:
         torch.set_num_threads(params.threads)
+    if device.type == "cpu":
+        from factory.ml.threads import keep_freed_memory
+
+        keep_freed_memory()
     torch.manual_seed(params.seed)
     # Never longer than the model's positions: a larger max_len would index past them.
     max_len = min(int(params.max_len or lm.max_length), int(lm.max_length))

@@ -537,6 +537,7 @@ def _train(ctx: Any, lm: Any, params: SFTParams) -> None:
     import torch
 
     from factory.ml.lora import resolve_targets
+    from factory.ml.threads import keep_freed_memory
     # peft calls a transformers accessor that warns on every use; it is not ours to fix.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     t_start = time.perf_counter()
@@ -551,6 +552,7 @@ def _train(ctx: Any, lm: Any, params: SFTParams) -> None:
     threads = max(1, (params.threads or 1) // world)
     if device.type == "cpu":
         torch.set_num_threads(threads)
+        keep_freed_memory()
 
     # -- data and the pre-check, before anything trains
     # Never longer than the model's positions: a larger max_len would index past them.

@@ -119,3 +119,34 @@ def default_threads(device: str) -> int | None:
     if str(device).startswith("cuda"):
         return None
     return max(1, min(2, allowed_cores()))
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_HEAP_KEPT = False
+
+
+def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30) -> bool:
+    """Let glibc keep freed activation buffers in the heap for the next step; whether it applied.
+
+    By default glibc serves every allocation above a threshold (128 KiB at first) with its own mmap
+    and returns it on free, so a training step's activations and gradients come back as fresh pages
+    every step: a LoRA stage of the flagship took 3.0-3.9 million page faults and 8-10 s of system
+    time; with these thresholds 0.15 million and 1.2 s. The arithmetic and its bytes are unchanged;
+    the process keeps up to its peak memory (measured peak RSS 1.7 GB). A no-op off glibc.
+    """
+    global _HEAP_KEPT
+    if _HEAP_KEPT:
+        return True
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    except (OSError, AttributeError):
+        return False
+    _HEAP_KEPT = ok
+    return ok

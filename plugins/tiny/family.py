@@ -32,11 +32,12 @@ __version__ = "1.0"
 MODELS = ("tiny-llama",)
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Passes over the task rows an sft-lora adapter trains for (7.3: 650 steps of 32 rows for the planner at
-# 35% replay). Measured on the planner (lr 5e-3, packed batches) with the fast base (70.5% held-out
-# breadth), two threads, three training seeds each: 650 steps shipped on all three (planner 0.958-0.970,
-# breadth -0.9 to -0.3 points, lowest interval end -2.7); 800 steps on two (the third lost 1.5 points,
-# interval to -3.4); 550 steps on one of two (the other's planner 0.938). With the classic base and
-# padded batches: 35% replay over 1,000 steps (11 passes) reached 97.4% with breadth 1.1 points down.
+# 35% replay). Measured on the planner (lr 5e-3, packed batches) with the fast base (8 heads, 1,000
+# steps, 69.5% held-out breadth), two threads, three training seeds: 650 steps shipped on all three
+# (planner 0.974-0.984, breadth -1.1 to -0.9 points, lowest interval end -3.00); 550 steps lost 1.8
+# points of breadth (interval to -3.7). On the 4-head base of 1,600 steps, 650 steps also shipped on
+# three seeds; 800 on two, 550 on one of two. With the classic base and padded batches: 35% replay
+# over 1,000 steps (11 passes) reached 97.4% with breadth 1.1 points down.
 PASSES = 7.3
 
 

@@ -249,6 +249,7 @@ def build(breadth_dir: Path, out: Path, options: dict[str, Any], model_id: str =
 
     from factory.interfaces import LoadedModel
     from factory.ml.text import encode_examples
+    from factory.ml.threads import keep_freed_memory
 
     opts = parse_base_options(options)
     breadth_dir, out = Path(breadth_dir), Path(out)
@@ -261,6 +262,7 @@ def build(breadth_dir: Path, out: Path, options: dict[str, Any], model_id: str =
     # sums of a matrix product differently and the weights come out bitwise different.
     threads = opts.threads
     torch.set_num_threads(threads)
+    keep_freed_memory()  # activations reuse the heap instead of fresh pages every step (same bytes)
     torch.manual_seed(opts.seed)
     random.seed(opts.seed)
     wall = time.perf_counter()
