@@ -123,7 +123,6 @@ def default_threads(device: str) -> int | None:
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_HEAP_KEPT = False
 
 
 def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30) -> bool:
@@ -133,11 +132,9 @@ def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 <
     and returns it on free, so a training step's activations and gradients come back as fresh pages
     every step: a LoRA stage of the flagship took 3.0-3.9 million page faults and 8-10 s of system
     time; with these thresholds 0.15 million and 1.2 s. The arithmetic and its bytes are unchanged;
-    the process keeps up to its peak memory (measured peak RSS 1.7 GB). A no-op off glibc.
+    the process keeps up to its peak memory (measured peak RSS 1.7 GB). A no-op off glibc; setting
+    the same thresholds again changes nothing, so every training path may call it.
     """
-    global _HEAP_KEPT
-    if _HEAP_KEPT:
-        return True
     import ctypes
     import platform
 
@@ -145,8 +142,6 @@ def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 <
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
     except (OSError, AttributeError):
         return False
-    _HEAP_KEPT = ok
-    return ok
